@@ -1,0 +1,118 @@
+"""The MobileNet V1 architecture as data: Table 1 of Howard et al. (2017).
+
+Both the Flax model (`models.py`) and the analytic cost model (`cost.py`) walk the
+layers produced here, so the network that is trained and the network that is
+counted cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+VARIANTS = ('separable', 'conv', 'shallow')
+MIN_RESOLUTION = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+  """One row group of Table 1: a block kind, its stride and output channels at α = 1."""
+
+  kind: str  # 'conv' (full 3x3 convolution) or 'separable' (depthwise 3x3 + pointwise 1x1)
+  stride: int
+  channels: int
+
+
+# Table 1. The paper prints "Conv dw / s2" for the last depthwise layer, but its
+# input and output are both 7x7 there; every implementation (and the table's own
+# shapes) uses stride 1.
+MOBILENET_V1 = (
+    BlockSpec('conv', 2, 32),
+    BlockSpec('separable', 1, 64),
+    BlockSpec('separable', 2, 128),
+    BlockSpec('separable', 1, 128),
+    BlockSpec('separable', 2, 256),
+    BlockSpec('separable', 1, 256),
+    BlockSpec('separable', 2, 512),
+    *(BlockSpec('separable', 1, 512),) * 5,
+    BlockSpec('separable', 2, 1024),
+    BlockSpec('separable', 1, 1024),
+)
+# Indices of the five 14x14x512 separable blocks that "Shallow MobileNet" removes (Table 5).
+_SHALLOW_REMOVED = range(7, 12)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layer:
+  """One concrete layer (after α and ρ are applied)."""
+
+  name: str
+  kind: str  # 'conv3x3' | 'depthwise' | 'pointwise' | 'fc'
+  stride: int
+  in_channels: int
+  out_channels: int
+  in_size: int  # spatial height = width of the input feature map
+  out_size: int
+
+
+def scaled_channels(channels: int, alpha: float, min_depth: int = 8) -> int:
+  """Width-multiplier rule of the reference TF implementation."""
+  return max(int(channels * alpha), min_depth)
+
+
+def block_specs(variant: str = 'separable') -> tuple[BlockSpec, ...]:
+  """The block table of a variant from the paper's ablations (Tables 4 and 5)."""
+  check_variant(variant)
+  if variant == 'separable':
+    return MOBILENET_V1
+  if variant == 'conv':
+    return tuple(BlockSpec('conv', b.stride, b.channels) for b in MOBILENET_V1)
+  return tuple(b for i, b in enumerate(MOBILENET_V1) if i not in _SHALLOW_REMOVED)
+
+
+def check_variant(variant: str) -> None:
+  if variant not in VARIANTS:
+    raise ValueError(f'unknown variant {variant!r}; expected one of {", ".join(VARIANTS)}')
+
+
+def check_alpha(alpha: float) -> None:
+  if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+    raise ValueError(f'width multiplier alpha must be a positive number, got {alpha!r}')
+  if alpha > 8:
+    raise ValueError(f'width multiplier alpha={alpha} is absurd (expected 0 < alpha <= 8)')
+
+
+def check_resolution(resolution: int) -> None:
+  if isinstance(resolution, bool) or not isinstance(resolution, int):
+    raise ValueError(f'resolution must be an integer number of pixels, got {resolution!r}')
+  if resolution < MIN_RESOLUTION:
+    raise ValueError(f'resolution must be at least {MIN_RESOLUTION} pixels, got {resolution}')
+
+
+def layers(
+    alpha: float = 1.0,
+    resolution: int = 224,
+    variant: str = 'separable',
+    num_classes: int = 1000,
+    min_depth: int = 8,
+    in_channels: int = 3,
+) -> list[Layer]:
+  """Every convolution and the classifier of a MobileNet, in order, with shapes."""
+  check_alpha(alpha)
+  check_resolution(resolution)
+  result = []
+  size, channels = resolution, in_channels
+  for index, block in enumerate(block_specs(variant)):
+    out_channels = scaled_channels(block.channels, alpha, min_depth)
+    out_size = -(-size // block.stride)  # 'SAME' padding
+    if block.kind == 'conv':
+      name = 'stem' if index == 0 else f'block{index}_conv'
+      result.append(Layer(name, 'conv3x3', block.stride, channels, out_channels, size, out_size))
+    else:
+      result.append(Layer(f'block{index}_depthwise', 'depthwise', block.stride,
+                          channels, channels, size, out_size))
+      result.append(Layer(f'block{index}_pointwise', 'pointwise', 1,
+                          channels, out_channels, out_size, out_size))
+    size, channels = out_size, out_channels
+  result.append(Layer('classifier', 'fc', 1, channels, num_classes, 1, 1))
+  return result

@@ -1,0 +1,72 @@
+"""MobileNet V1 (Howard et al., 2017) as a Flax Linen module built from the layer table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from mnet_jax import architecture
+from mnet_jax.layers import DepthwiseConv, PointwiseConv, resolve_depthwise_impl
+
+ACTIVATIONS = {'relu6': nn.relu6, 'relu': nn.relu}
+
+
+class MobileNetV1(nn.Module):
+  """MobileNet of width multiplier `alpha`; the resolution multiplier is the input size.
+
+  Every convolution is followed by BatchNorm and the activation; a global average
+  pool, dropout and the fully connected classifier end the network.
+  """
+
+  alpha: float = 1.0
+  num_classes: int = 1000
+  min_depth: int = 8
+  variant: str = 'separable'
+  activation: str = 'relu6'
+  dropout_rate: float = 0.001
+  bn_momentum: float = 0.9997  # TF-slim's "decay": weight of the old running average
+  bn_epsilon: float = 1e-3
+  dtype: Any = jnp.float32  # compute dtype; parameters stay float32
+  depthwise_impl: str = 'auto'  # 'grouped' | 'shifted' | 'auto' (by backend)
+
+  def check(self) -> None:
+    """Raise ValueError naming the first bad field."""
+    architecture.check_alpha(self.alpha)
+    architecture.check_variant(self.variant)
+    if self.activation not in ACTIVATIONS:
+      raise ValueError(f'unknown activation {self.activation!r}; expected one of {", ".join(ACTIVATIONS)}')
+    resolve_depthwise_impl(self.depthwise_impl)
+    if self.num_classes < 1:
+      raise ValueError(f'num_classes must be positive, got {self.num_classes}')
+
+  @nn.compact
+  def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+    self.check()
+    if images.ndim != 4 or images.shape[-1] != 3:
+      raise ValueError(f'expected NHWC images with 3 channels, got shape {tuple(images.shape)}')
+    if images.shape[1] != images.shape[2]:
+      raise ValueError(f'expected square images, got {images.shape[1]}x{images.shape[2]}')
+    act = ACTIVATIONS[self.activation]
+    norm = lambda name: nn.BatchNorm(  # noqa: E731
+        use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+        dtype=self.dtype, name=name)
+    x = images.astype(self.dtype)
+    for layer in architecture.layers(
+        self.alpha, images.shape[1], self.variant, self.num_classes, self.min_depth):
+      if layer.kind == 'conv3x3':
+        x = nn.Conv(layer.out_channels, (3, 3), layer.stride, padding='SAME', use_bias=False,
+                    dtype=self.dtype, kernel_init=nn.initializers.he_normal(), name=layer.name)(x)
+      elif layer.kind == 'depthwise':
+        x = DepthwiseConv(layer.stride, self.depthwise_impl, self.dtype, name=layer.name)(x)
+      elif layer.kind == 'pointwise':
+        x = PointwiseConv(layer.out_channels, self.dtype, name=layer.name)(x)
+      else:  # the classifier
+        x = jnp.mean(x, axis=(1, 2))
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        x = nn.Dense(layer.out_channels, dtype=self.dtype, name=layer.name)(x)
+        break
+      x = act(norm(f'{layer.name}_bn')(x))
+    return x.astype(jnp.float32)
