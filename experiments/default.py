@@ -1,0 +1,80 @@
+"""One MobileNet training run.
+
+  python -m mnet_jax.main --config=experiments/default.py --workdir=runs/default
+  python -m mnet_jax.main --config=experiments/default.py:imagenet2012 --workdir=gs://bucket/mnet
+
+Argument: the preset ('offline', the default: the embedded dataset on a CPU in minutes;
+'imagenet2012': the paper's recipe), then `key=value` items: alpha, resolution.
+Any field can also be overridden with --config.FIELD=VALUE.
+"""
+
+import ml_collections
+
+from mnet_jax.config_util import parse_arg
+from mnet_jax.datasets import DEFAULT_DATASET
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, preset='offline', alpha=-1.0, resolution=-1)
+  if arg.preset not in ('offline', 'imagenet2012'):
+    raise ValueError(f'unknown preset {arg.preset!r}; expected offline or imagenet2012')
+  imagenet = arg.preset == 'imagenet2012'
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.model = ml_collections.ConfigDict()
+  config.model.alpha = 1.0 if imagenet else 0.5
+  config.model.resolution = 224 if imagenet else 64
+  config.model.variant = 'separable'
+  config.model.activation = 'relu6'
+  config.model.min_depth = 8
+  config.model.dropout_rate = 0.001  # TF-slim: keep_prob 0.999
+  config.model.bn_momentum = 0.9997 if imagenet else 0.99  # short runs need faster BN averages
+  config.model.bn_epsilon = 1e-3
+  config.model.dtype = 'bfloat16' if imagenet else 'float32'
+  config.model.depthwise_impl = 'auto'  # shifted multiply-adds on CPU, grouped conv elsewhere
+  if arg.alpha > 0:
+    config.model.alpha = arg.alpha
+  if arg.resolution > 0:
+    config.model.resolution = arg.resolution
+
+  config.data = ml_collections.ConfigDict()
+  config.data.name = 'imagenet2012' if imagenet else DEFAULT_DATASET
+  config.data.folder = ''  # root of root/<split>/<label>/*.jpg when name == 'folder'
+  config.data.data_dir = ''  # TFDS data dir; '' = TFDS's default (~/tensorflow_datasets)
+  config.data.train_split = 'train'
+  config.data.eval_split = 'validation' if imagenet else 'test'
+  config.data.min_area = 0.35 if imagenet else 0.5  # the paper limits small crops
+  config.data.aspect_range = (3 / 4, 4 / 3)
+  config.data.flip = True
+  config.data.eval_crop = 0.875
+  config.data.shuffle_buffer = 16_384 if imagenet else 4096
+  config.data.cache = not imagenet
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.optimizer = 'rmsprop'
+  config.optim.rmsprop_decay = 0.9
+  config.optim.momentum = 0.9
+  config.optim.nesterov = False
+  config.optim.epsilon = 1.0
+  config.optim.learning_rate = 0.045 if imagenet else 0.02  # per base_batch_size images
+  config.optim.base_batch_size = 256
+  config.optim.schedule = 'exponential' if imagenet else 'cosine'
+  config.optim.decay_rate = 0.94
+  config.optim.decay_epochs = 2.5
+  config.optim.warmup_epochs = 5.0 if imagenet else 0.5
+  config.optim.weight_decay = 4e-5
+  config.optim.grad_clip_norm = 0.0
+  config.optim.label_smoothing = 0.0  # the paper: no label smoothing
+  config.optim.ema_decay = 0.9999 if imagenet else 0.0  # 0 disables the EMA of weights
+
+  config.batch_size = 1024 if imagenet else 64  # global, over all devices and hosts
+  config.num_epochs = 120.0 if imagenet else 4.0
+  config.num_train_steps = -1  # > 0 overrides num_epochs
+  config.log_every_steps = 100 if imagenet else 20
+  config.eval_every_steps = 5000 if imagenet else 0  # 0: evaluate at the end only
+  config.checkpoint_every_steps = 2000 if imagenet else 100
+  config.max_checkpoints_to_keep = 3
+  config.compilation_cache_dir = ''  # '' = <workdir>/.jax_cache
+  config.allow_config_change = False  # resume a run dir whose saved config differs
+  return config

@@ -1,0 +1,39 @@
+"""The α×ρ study (the paper's Tables 6/7 and Figures 4/5).
+
+  python -m mnet_jax.main --config=experiments/sweep.py --workdir=runs/sweep          # offline, ~30 min CPU
+  python -m mnet_jax.main --config=experiments/sweep.py:smoke --workdir=runs/smoke    # a few points, CI
+  python -m mnet_jax.main --config=experiments/sweep.py:imagenet2012 --workdir=gs://bucket/sweep
+
+Grid fields are comma-separated strings, e.g. --config.sweep.alphas=1,0.5 or
+--config.sweep.only=a1_r224 (run one point, e.g. one point per TPU slice).
+"""
+
+import ml_collections
+
+from mnet_jax.config_util import parse_arg, sibling
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = parse_arg(arg, preset='offline')
+  if arg.preset not in ('offline', 'smoke', 'imagenet2012'):
+    raise ValueError(f'unknown preset {arg.preset!r}; expected offline, smoke or imagenet2012')
+  imagenet = arg.preset == 'imagenet2012'
+  config = sibling(__file__, 'default').get_config('imagenet2012' if imagenet else 'offline')
+  config.sweep = ml_collections.ConfigDict()
+  config.sweep.variants = 'separable'
+  config.sweep.alphas = '1,0.75,0.5,0.25'
+  config.sweep.resolutions = '224,192,160,128' if imagenet else '128,96,64,48'
+  config.sweep.points = ''  # explicit point names instead of the grid, e.g. a1_r224,conv_a1_r224
+  config.sweep.only = ''  # run only these point names
+  config.sweep.latency_batch = 32  # throughput batch; latency is measured at batch 1; 0 skips both
+  if arg.preset == 'offline':
+    config.num_epochs = 2.0
+  if arg.preset == 'smoke':
+    config.sweep.alphas = '0.5,0.25'
+    config.sweep.resolutions = '64,32'
+    config.num_train_steps = 30
+    config.batch_size = 32
+    config.checkpoint_every_steps = 10
+    config.log_every_steps = 10
+    config.sweep.latency_batch = 8
+  return config

@@ -1,0 +1,75 @@
+"""Entry point: one training run or a whole α×ρ sweep, chosen by the config.
+
+  python -m mnet_jax.main --config=experiments/sweep.py --workdir=runs/sweep
+  python -m mnet_jax.main --config=experiments/default.py:alpha=0.25 --workdir=runs/a025 \
+      --config.batch_size=128
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+from absl import app, flags
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file('config', None, 'Config file (path.py[:arg]).', lock_config=True)
+flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results (local or gs://).')
+flags.DEFINE_bool('distributed', False,
+                  'Call jax.distributed.initialize() (TPU pod workers, Slurm, or the --coordinator_* flags).')
+flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process without a cluster).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
+flags.DEFINE_integer('process_id', None, 'This process (with --coordinator_address).')
+flags.DEFINE_bool('verbose', False, 'Show full tracebacks of errors.')
+flags.mark_flags_as_required(['config', 'workdir'])
+
+USAGE_ERROR = 2
+
+
+def _initialize_jax(config) -> None:
+  import jax
+
+  if FLAGS.distributed or FLAGS.coordinator_address:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  cache_dir = config.get('compilation_cache_dir') or os.path.join(FLAGS.workdir, '.jax_cache')
+  # Compiled programs are reused across reruns and sweep points of the same shapes.
+  jax.config.update('jax_compilation_cache_dir', cache_dir)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+
+
+def main(argv: list[str]) -> int:
+  if len(argv) > 1:
+    print(f'error: unexpected arguments {" ".join(argv[1:])}', file=sys.stderr)
+    return USAGE_ERROR
+  from mnet_jax import input_pipeline, sweep, train  # after flag parsing: keeps --help fast
+
+  config = FLAGS.config
+  try:
+    _initialize_jax(config)
+    if 'sweep' in config:
+      return sweep.run_sweep(config, FLAGS.workdir)
+    train.train_and_evaluate(config, FLAGS.workdir)
+    return 0
+  except train.Preempted as e:
+    print(f'preempted: {e}', file=sys.stderr)
+    return 143  # 128 + SIGTERM: the job did not finish, rerunning resumes it
+  except (ValueError, input_pipeline.DatasetError) as e:
+    if FLAGS.verbose:
+      traceback.print_exc()
+    print(f'error: {e}', file=sys.stderr)
+    return USAGE_ERROR
+  except Exception as e:  # noqa: BLE001 - one line for users, --verbose for developers
+    if FLAGS.verbose:
+      raise
+    print(f'error: {type(e).__name__}: {e} (rerun with --verbose for the traceback)', file=sys.stderr)
+    return 1
+
+
+def run() -> None:
+  app.run(lambda argv: sys.exit(main(argv)))
+
+
+if __name__ == '__main__':
+  run()

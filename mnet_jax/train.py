@@ -1,0 +1,320 @@
+"""Train and evaluate one MobileNet: mesh, train state, jitted steps, loop, Orbax checkpoints.
+
+`train_and_evaluate(config, workdir)` is the whole job. The batch is sharded over every
+device of every host on a 'data' mesh axis and the state is replicated, so one jitted
+step is data-parallel and BatchNorm statistics are global by construction. Rerunning
+the same command resumes from the newest checkpoint: the step is also the data
+position, since the input pipeline is a pure function of (seed, step).
+"""
+
+from __future__ import annotations
+
+import functools
+import pathlib
+import signal
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from mnet_jax import cost, input_pipeline, optim
+from mnet_jax.fileio import atomic_write_json, read_json
+from mnet_jax.metric_writer import MetricWriter
+from mnet_jax.models import MobileNetV1
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss or the gradient became NaN/inf."""
+
+
+class ConfigMismatchError(ValueError):
+  """The run directory holds a run of a different configuration."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  ema_params: Any  # {} when the EMA is off
+
+
+def log(message: str) -> None:
+  """Progress and results are printed by process 0 only."""
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> MobileNetV1:
+  return MobileNetV1(
+      alpha=model_config.alpha, num_classes=num_classes, min_depth=model_config.min_depth,
+      variant=model_config.variant, activation=model_config.activation,
+      dropout_rate=model_config.dropout_rate, bn_momentum=model_config.bn_momentum,
+      bn_epsilon=model_config.bn_epsilon, dtype=jnp.dtype(model_config.dtype),
+      depthwise_impl=model_config.depthwise_impl)
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets).mean()
+
+
+def make_mesh() -> Mesh:
+  return jax.make_mesh((jax.device_count(),), ('data',))
+
+
+def init_state(model: MobileNetV1, tx: optax.GradientTransformation, resolution: int,
+               seed: int, use_ema: bool) -> TrainState:
+  variables = model.init(jax.random.key(seed), jnp.zeros((1, resolution, resolution, 3)), train=False)
+  params = variables['params']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables['batch_stats'],
+                    opt_state=tx.init(params), ema_params=params if use_ema else {})
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: MobileNetV1,
+               tx: optax.GradientTransformation, schedule: optax.Schedule, seed: int,
+               label_smoothing: float, ema_decay: float) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One data-parallel optimizer step; dropout randomness is a function of (seed, step)."""
+  dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
+
+  def loss_fn(params):
+    logits, updates = model.apply(
+        {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
+        mutable=['batch_stats'], rngs={'dropout': dropout_rng})
+    return cross_entropy(logits, batch['label'], label_smoothing), (logits, updates['batch_stats'])
+
+  (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema_params = state.ema_params
+  if ema_decay:
+    ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema_params, params)
+  grad_norm = optax.global_norm(grads)
+  metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
+             'grad_norm': grad_norm, 'learning_rate': schedule(state.step),
+             'finite': jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
+  new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
+                         opt_state=opt_state, ema_params=ema_params)
+  return new_state, metrics
+
+
+def eval_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *,
+              model: MobileNetV1) -> dict[str, jax.Array]:
+  """Masked sums of top-1/top-5 hits over one (padded) eval batch."""
+  logits = model.apply({'params': params, 'batch_stats': batch_stats}, batch['image'], train=False)
+  top5 = jax.lax.top_k(logits, 5)[1]
+  hits = top5 == batch['label'][:, None]
+  mask = batch['mask']
+  return {'top1': jnp.sum(hits[:, 0] * mask), 'top5': jnp.sum(jnp.any(hits, -1) * mask),
+          'count': jnp.sum(mask)}
+
+
+def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+  """This process's slice of the batch -> one array sharded over all devices of all hosts."""
+  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+
+
+def evaluate(config: ml_collections.ConfigDict, state: TrainState, eval_fn, sharding) -> dict[str, float]:
+  params = state.ema_params if config.optim.ema_decay else state.params
+  totals = {'top1': 0.0, 'top5': 0.0, 'count': 0.0}
+  for batch in input_pipeline.eval_batches(config.data, global_batch_size=config.batch_size,
+                                           resolution=config.model.resolution):
+    sums = jax.device_get(eval_fn(params, state.batch_stats, global_batch(batch, sharding)))
+    for k in totals:
+      totals[k] += float(sums[k])
+  count = max(totals['count'], 1.0)
+  return {'top1': totals['top1'] / count, 'top5': totals['top5'] / count, 'eval_examples': int(totals['count'])}
+
+
+def comparable_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The config as saved in the run dir, without fields that may change on resume."""
+  saved = config.to_dict()
+  for key in ('allow_config_change', 'log_every_steps', 'compilation_cache_dir'):
+    saved.pop(key, None)
+  return saved
+
+
+def check_saved_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+  """Refuse to resume a run dir whose saved config differs (unless allowed)."""
+  path = workdir / 'config.json'
+  wanted = read_json_roundtrip(comparable_config(config))
+  if path.exists() and not config.allow_config_change:
+    saved = read_json(path)
+    differing = sorted(_flat_diff(saved, wanted))
+    if differing:
+      raise ConfigMismatchError(
+          f'{workdir} holds a run with a different config ({", ".join(differing)}); '
+          'use another --workdir or pass --config.allow_config_change=True')
+  if jax.process_index() == 0:
+    atomic_write_json(path, wanted)
+
+
+def read_json_roundtrip(obj: Any) -> Any:
+  """Normalize tuples to lists etc. as JSON would, so saved and new configs compare equal."""
+  import json
+  return json.loads(json.dumps(obj, default=str))
+
+
+def _flat_diff(a: Any, b: Any, prefix: str = '') -> list[str]:
+  if isinstance(a, dict) and isinstance(b, dict):
+    return [d for k in set(a) | set(b) for d in _flat_diff(a.get(k), b.get(k), f'{prefix}{k}.')]
+  return [] if a == b else [prefix.rstrip('.')]
+
+
+class _Preemption:
+  """Turns SIGTERM (what a preempted TPU VM gets) into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.requested = False
+
+  def __enter__(self):
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    signal.signal(signal.SIGTERM, self._previous)
+
+
+class Preempted(Exception):
+  """Raised after a checkpoint was saved in response to SIGTERM."""
+
+
+def any_process(flag: bool) -> bool:
+  """True on every process if `flag` is true on any (all hosts must stop at the same step)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Train one MobileNet per `config` in `workdir` (resuming if possible); return results.json's content."""
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  check_saved_config(workdir, config)
+  info = input_pipeline.dataset_info(config.data)
+  model = create_model(config.model, info.num_classes)
+  model.check()
+  resolution = config.model.resolution
+  mesh = make_mesh()
+  if config.batch_size % jax.device_count():
+    raise ValueError(f'batch_size {config.batch_size} is not divisible by the {jax.device_count()} devices')
+  steps_per_epoch = max(1, info.num_train // config.batch_size)
+  total_steps = (config.num_train_steps if config.get('num_train_steps', -1) > 0
+                 else max(1, int(config.num_epochs * steps_per_epoch)))
+  schedule = optim.learning_rate_schedule(config.optim, config.batch_size, steps_per_epoch, total_steps)
+
+  replicated = NamedSharding(mesh, P())
+  data_sharding = NamedSharding(mesh, P('data'))
+  abstract = jax.eval_shape(lambda: init_state(model, optax.identity(), resolution, config.seed, False))
+  tx = optim.create_optimizer(config.optim, abstract.params, schedule)
+  init_fn = jax.jit(functools.partial(init_state, model, tx, resolution, config.seed,
+                                      bool(config.optim.ema_decay)), out_shardings=replicated)
+  state_shapes = jax.eval_shape(init_fn)
+
+  checkpoints = ocp.CheckpointManager(
+      (workdir / 'checkpoints').absolute(),
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep, create=True))
+  latest = checkpoints.latest_step()
+  if latest is not None:
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), state_shapes)
+    state = checkpoints.restore(latest, args=ocp.args.StandardRestore(target))
+    log(f'[train] resumed from checkpoint at step {latest} in {workdir}')
+  else:
+    state = init_fn()
+  start_step = int(jax.device_get(state.step))
+
+  step_fn = jax.jit(
+      functools.partial(train_step, model=model, tx=tx, schedule=schedule, seed=config.seed,
+                        label_smoothing=config.optim.label_smoothing, ema_decay=config.optim.ema_decay),
+      in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated), donate_argnums=0)
+  eval_fn = jax.jit(functools.partial(eval_step, model=model),
+                    in_shardings=(replicated, replicated, data_sharding), out_shardings=replicated)
+
+  writer = MetricWriter(str(workdir), jax.process_index() == 0, start_step)
+  model_cost = cost.model_cost(config.model.alpha, resolution, config.model.variant, info.num_classes,
+                               config.model.min_depth)
+  log(f'[train] MobileNet {config.model.alpha:g}-{resolution} ({config.model.variant}): '
+      f'{model_cost.mult_adds / 1e6:.1f} M Mult-Adds, {model_cost.params / 1e6:.2f} M params; '
+      f'{info.num_train} train / {info.num_eval} eval examples of {config.data.name}; '
+      f'{total_steps} steps of {config.batch_size} on {jax.device_count()} device(s), '
+      f'{jax.process_count()} process(es)')
+
+  batches = input_pipeline.train_batches(
+      config.data, global_batch_size=config.batch_size, resolution=resolution, seed=config.seed,
+      start_step=start_step)
+  t_start = time.time()
+  timed_steps, timed_seconds = 0, 0.0
+  t_mark, step_mark = None, start_step
+  step = start_step
+  eval_metrics: dict[str, float] = {}
+  with _Preemption() as preemption:
+    while step < total_steps:
+      state, metrics = step_fn(state, global_batch(next(batches), data_sharding))
+      step += 1
+      at_log = step % config.log_every_steps == 0 or step == total_steps
+      if at_log or step == start_step + 1:
+        metrics = jax.device_get(metrics)
+        if not metrics['finite']:
+          raise NonFiniteLossError(f'non-finite loss or gradient at step {step} (loss {metrics["loss"]})')
+        now = time.time()
+        if t_mark is not None:  # the first step (compilation) is not timed
+          timed_steps += step - step_mark
+          timed_seconds += now - t_mark
+        t_mark, step_mark = now, step
+        img_s = timed_steps * config.batch_size / timed_seconds if timed_seconds else float('nan')
+        if at_log:
+          eta = (total_steps - step) * config.batch_size / img_s if timed_seconds else float('nan')
+          log(f'[train] step {step}/{total_steps} ({100 * step / total_steps:.0f}%) '
+              f'loss {metrics["loss"]:.3f} acc {metrics["accuracy"]:.3f} '
+              f'lr {metrics["learning_rate"]:.4f} {img_s:.1f} img/s ETA {_duration(eta)}')
+          writer.write(step, {k: v for k, v in metrics.items() if k != 'finite'} | {'img_s': img_s})
+      if config.eval_every_steps and step % config.eval_every_steps == 0 and step < total_steps:
+        eval_metrics = evaluate(config, state, eval_fn, data_sharding)
+        log(f'[eval] step {step}: top-1 {eval_metrics["top1"]:.4f} top-5 {eval_metrics["top5"]:.4f}')
+        writer.write(step, {'eval_top1': eval_metrics['top1'], 'eval_top5': eval_metrics['top5']})
+        t_mark = None  # eval time is not training time
+      if step % config.checkpoint_every_steps == 0 or step == total_steps:
+        checkpoints.save(step, args=ocp.args.StandardSave(state))
+      if any_process(preemption.requested):
+        checkpoints.save(step, args=ocp.args.StandardSave(state), force=True)
+        checkpoints.wait_until_finished()
+        raise Preempted(f'SIGTERM received: checkpoint saved at step {step}; rerun the same command to resume')
+  checkpoints.wait_until_finished()
+
+  eval_metrics = evaluate(config, state, eval_fn, data_sharding)
+  log(f'[eval] final: top-1 {eval_metrics["top1"]:.4f} top-5 {eval_metrics["top5"]:.4f} '
+      f'on {eval_metrics["eval_examples"]} examples')
+  writer.write(step, {'eval_top1': eval_metrics['top1'], 'eval_top5': eval_metrics['top5']})
+  writer.close()
+  results = {
+      'alpha': config.model.alpha, 'resolution': resolution, 'rho': resolution / 224,
+      'variant': config.model.variant, 'dataset': config.data.name,
+      'mult_adds': model_cost.mult_adds, 'params': model_cost.params,
+      'top1': eval_metrics['top1'], 'top5': eval_metrics['top5'], 'eval_examples': eval_metrics['eval_examples'],
+      'steps': total_steps, 'train_img_s': (timed_steps * config.batch_size / timed_seconds
+                                            if timed_seconds else None),
+      'wall_s': time.time() - t_start, 'status': 'done', 'config': config.to_dict(),
+  }
+  if jax.process_index() == 0:
+    atomic_write_json(workdir / 'results.json', results)
+  return results
+
+
+def _duration(seconds: float) -> str:
+  if not np.isfinite(seconds):
+    return '?'
+  minutes, seconds = divmod(int(seconds), 60)
+  return f'{minutes}m{seconds:02d}s' if minutes < 60 else f'{minutes // 60}h{minutes % 60:02d}m'
