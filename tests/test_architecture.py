@@ -1,0 +1,164 @@
+"""The layer table against Table 1 of Howard et al. (2017) and the reference width rule."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from mnet_jax import architecture, cost
+
+# Table 1, "MobileNet Body Architecture", typed from the paper: (type / stride, filter
+# shape, input size). The copy in shared/paper lost the Input Size cell of the rows from
+# "5x" on; those cells are typed from the paper's PDF (and each one is the previous row's
+# output, so they are also implied by the rows around them). The "5x" rows are expanded.
+# Avg Pool and Softmax have no weights and no Layer, so they are not listed in TABLE_1.
+TABLE_1_AVG_POOL_INPUT = (7, 7, 1024)
+TABLE_1 = [
+    ('Conv / s2', (3, 3, 3, 32), (224, 224, 3)),
+    ('Conv dw / s1', (3, 3, 32), (112, 112, 32)),
+    ('Conv / s1', (1, 1, 32, 64), (112, 112, 32)),
+    ('Conv dw / s2', (3, 3, 64), (112, 112, 64)),
+    ('Conv / s1', (1, 1, 64, 128), (56, 56, 64)),
+    ('Conv dw / s1', (3, 3, 128), (56, 56, 128)),
+    ('Conv / s1', (1, 1, 128, 128), (56, 56, 128)),
+    ('Conv dw / s2', (3, 3, 128), (56, 56, 128)),
+    ('Conv / s1', (1, 1, 128, 256), (28, 28, 128)),
+    ('Conv dw / s1', (3, 3, 256), (28, 28, 256)),
+    ('Conv / s1', (1, 1, 256, 256), (28, 28, 256)),
+    ('Conv dw / s2', (3, 3, 256), (28, 28, 256)),
+    ('Conv / s1', (1, 1, 256, 512), (14, 14, 256)),
+    *[('Conv dw / s1', (3, 3, 512), (14, 14, 512)),
+      ('Conv / s1', (1, 1, 512, 512), (14, 14, 512))] * 5,
+    ('Conv dw / s2', (3, 3, 512), (14, 14, 512)),
+    ('Conv / s1', (1, 1, 512, 1024), (7, 7, 512)),
+    # The paper prints "Conv dw / s2" here, but its own Input Size column contradicts
+    # that: this layer takes 7x7x1024 and the next one takes 7x7x1024 too, which only a
+    # stride of 1 gives (stride 2 would make 4x4). Typed as s1 on that evidence.
+    ('Conv dw / s1', (3, 3, 1024), (7, 7, 1024)),
+    ('Conv / s1', (1, 1, 1024, 1024), (7, 7, 1024)),
+    ('FC / s1', (1024, 1000), (1, 1, 1024)),
+]
+
+
+def as_table_1_row(layer: architecture.Layer) -> tuple:
+  """A Layer written the way Table 1 writes it."""
+  size = (layer.in_size, layer.in_size, layer.in_channels)
+  if layer.kind == 'conv3x3':
+    return (f'Conv / s{layer.stride}', (3, 3, layer.in_channels, layer.out_channels), size)
+  if layer.kind == 'depthwise':
+    assert layer.out_channels == layer.in_channels
+    return (f'Conv dw / s{layer.stride}', (3, 3, layer.in_channels), size)
+  if layer.kind == 'pointwise':
+    return (f'Conv / s{layer.stride}', (1, 1, layer.in_channels, layer.out_channels), size)
+  assert layer.kind == 'fc'
+  return (f'FC / s{layer.stride}', (layer.in_channels, layer.out_channels), size)
+
+
+def test_table_1_at_224():
+  rows = [as_table_1_row(layer) for layer in architecture.layers(1.0, 224)]
+  assert len(rows) == len(TABLE_1)
+  for index, (got, want) in enumerate(zip(rows, TABLE_1, strict=True)):
+    assert got == want, f'row {index}'
+
+
+def test_28_layers():
+  # Section 3.2: "Counting depthwise and pointwise convolutions as separate layers,
+  # MobileNet has 28 layers" (27 convolutions and the fully connected layer).
+  assert len(architecture.layers()) == 28
+
+
+def test_table_1_arithmetic_matches_cost_model():
+  """Mult-Adds and weights recomputed from the typed Table 1 alone (eq. 2 and 4)."""
+  # A layer's output size is the next row's input size (the Avg Pool row's after the
+  # last convolution); the FC layer's is 1x1.
+  out_sizes = [row[2][0] for row in TABLE_1[1:-1]] + [TABLE_1_AVG_POOL_INPUT[0], 1]
+  mult_adds = sum(math.prod(shape) * out * out for (_, shape, _), out in zip(TABLE_1, out_sizes, strict=True))
+  weights = sum(math.prod(shape) for _, shape, _ in TABLE_1)
+  model = cost.model_cost(1.0, 224)
+  assert mult_adds == model.mult_adds == 568_740_352
+  # The cost model also counts the classifier's 1000 biases.
+  assert weights + 1000 == model.params == 4_210_088
+
+
+def test_conv_variant_replaces_each_block_by_one_full_conv():
+  """Conv MobileNet (Table 4): same strides, sizes and output channels, full 3x3 convolutions."""
+  conv = architecture.layers(1.0, 224, 'conv')
+  assert [layer.kind for layer in conv] == ['conv3x3'] * 14 + ['fc']
+  # The inputs of the full convolutions are the inputs of the separable blocks (Table 1's
+  # first row and every "Conv dw" row), their outputs the outputs of the blocks.
+  block_inputs = [row[2] for row in TABLE_1 if row[0].startswith(('Conv dw', 'Conv / s2'))]
+  assert [(layer.in_size, layer.in_size, layer.in_channels) for layer in conv[:-1]] == block_inputs
+  block_outputs = [32] + [row[1][3] for row in TABLE_1 if row[1][:2] == (1, 1)]
+  assert [layer.out_channels for layer in conv[:-1]] == block_outputs
+  assert [layer.stride for layer in conv[:-1]] == [2, 1, 2, 1, 2, 1, 2, 1, 1, 1, 1, 1, 2, 1]
+
+
+def test_shallow_variant_drops_the_five_14x14x512_blocks():
+  """Shallow MobileNet (Table 5): Table 1 without the "5x" rows."""
+  shallow = [as_table_1_row(layer) for layer in architecture.layers(1.0, 224, 'shallow')]
+  assert shallow == TABLE_1[:13] + TABLE_1[23:]
+  assert len(shallow) == 28 - 10
+
+
+# 'SAME' padding: every stride-2 layer halves the size, rounding up (TensorFlow's rule).
+@pytest.mark.parametrize('resolution, sizes', [
+    (33, [17, 9, 5, 3, 2]),
+    (97, [49, 25, 13, 7, 4]),
+    (32, [16, 8, 4, 2, 1]),
+    (160, [80, 40, 20, 10, 5]),
+])
+def test_feature_map_sizes_at_any_resolution(resolution, sizes):
+  s1, s2, s3, s4, s5 = sizes
+  # Output size of each of the 27 convolutions, in Table 1's order.
+  expected = [s1, s1, s1, s2, s2, s2, s2, s3, s3, s3, s3, s4, s4] + [s4] * 10 + [s5, s5, s5, s5]
+  got = [layer.out_size for layer in architecture.layers(0.25, resolution)[:-1]]
+  assert got == expected
+  assert architecture.layers(0.25, resolution)[0].in_size == resolution
+
+
+@pytest.mark.parametrize('alpha, channels', [
+    # max(int(c * alpha), 8), the rule of the reference TF implementation; note the
+    # truncation (0.35 x 32 = 11.2 -> 11) and the floor of 8 (0.1 x 64 = 6.4 -> 8).
+    (0.25, [8, 16, 32, 32, 64, 64, 128, 128, 128, 128, 128, 128, 256, 256]),
+    (0.35, [11, 22, 44, 44, 89, 89, 179, 179, 179, 179, 179, 179, 358, 358]),
+    (0.1, [8, 8, 12, 12, 25, 25, 51, 51, 51, 51, 51, 51, 102, 102]),
+    (1.5, [48, 96, 192, 192, 384, 384, 768, 768, 768, 768, 768, 768, 1536, 1536]),
+])
+def test_width_multiplier_channels(alpha, channels):
+  blocks = [layer for layer in architecture.layers(alpha, 64) if layer.kind in ('conv3x3', 'pointwise')]
+  assert [layer.out_channels for layer in blocks] == channels
+
+
+def test_min_depth_is_a_parameter():
+  assert architecture.layers(0.1, 64, min_depth=16)[0].out_channels == 16
+
+
+@pytest.mark.parametrize('alpha', [0, -0.5, float('nan'), float('inf'), 100.0, '1.0', None])
+def test_bad_alpha(alpha):
+  with pytest.raises(ValueError, match='alpha'):
+    architecture.layers(alpha, 224)
+
+
+@pytest.mark.parametrize('resolution, problem', [
+    (31, 'at least 32'),
+    (0, 'at least 32'),
+    (-224, 'at least 32'),
+    (100.5, 'integer'),
+    (224.0, 'integer'),
+    ('224', 'integer'),
+    (True, 'integer'),
+])
+def test_bad_resolution(resolution, problem):
+  with pytest.raises(ValueError, match=f'resolution.*{problem}'):
+    architecture.layers(1.0, resolution)
+
+
+def test_smallest_resolution_is_accepted():
+  assert architecture.layers(0.25, 32)[-2].out_size == 1
+
+
+@pytest.mark.parametrize('variant', ['mobilenet', 'Separable', '', 'depthwise'])
+def test_bad_variant(variant):
+  with pytest.raises(ValueError, match='unknown variant'):
+    architecture.layers(1.0, 224, variant)
