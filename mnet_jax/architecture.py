@@ -100,6 +100,8 @@ def layers(
   """Every convolution and the classifier of a MobileNet, in order, with shapes."""
   check_alpha(alpha)
   check_resolution(resolution)
+  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+    raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}')
   result = []
   size, channels = resolution, in_channels
   for index, block in enumerate(block_specs(variant)):

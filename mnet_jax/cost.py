@@ -107,14 +107,24 @@ def summary(cost: ModelCost) -> dict:
 def _number_list(kind):
   def parse(text):
     try:
-      return [kind(v) for v in text.split(',') if v.strip()]
+      values = [kind(v) for v in text.split(',') if v.strip()]
     except ValueError:
-      raise argparse.ArgumentTypeError(f'expected comma-separated {kind.__name__}s, got {text!r}') from None
+      values = []
+    if not values:
+      raise argparse.ArgumentTypeError(f'expected comma-separated {kind.__name__}s, got {text!r}')
+    return values
   return parse
 
 
+class _OneLineParser(argparse.ArgumentParser):
+  """Usage errors as one line on stderr and exit code 2."""
+
+  def error(self, message: str):
+    self.exit(2, f'error: {message}\n')
+
+
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m mnet_jax.cost', description=__doc__.split('\n')[0])
+  parser = _OneLineParser(prog='python -m mnet_jax.cost', description=__doc__.split('\n')[0])
   parser.add_argument('--alpha', type=_number_list(float), default=[1.0], help='width multiplier(s), e.g. 1,0.75')
   parser.add_argument('--resolution', type=_number_list(int), default=[224], help='input size(s), e.g. 224,192')
   parser.add_argument('--variant', default='separable', help=f'one of {", ".join(architecture.VARIANTS)}')
