@@ -75,8 +75,8 @@ def _save(fig: Figure, out_dir: epath.Path, stem: str) -> list[epath.Path]:
   paths = []
   for fmt in FORMATS:
     buffer = io.BytesIO()
-    # A fixed hash salt and no date keep rebuilt SVGs byte-identical.
-    with matplotlib.rc_context({'svg.hashsalt': 'mnet_jax'}):
+    # A fixed hash salt and no date keep rebuilt SVGs byte-identical; text stays text, editable for a paper.
+    with matplotlib.rc_context({'svg.hashsalt': 'mnet_jax', 'svg.fonttype': 'none'}):
       fig.savefig(buffer, format=fmt, dpi=150, metadata={'Date': None} if fmt == 'svg' else None)
     path = out_dir / f'{stem}.{fmt}'
     report.write_atomically(path, buffer.getvalue())
