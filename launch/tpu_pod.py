@@ -1,0 +1,285 @@
+"""Run mnet_jax on Cloud TPU VM slices with gcloud: create or reuse a slice, ship the code, install the pinned
+requirements and start mnet_jax.main on every worker (--worker=all); --watch recreates a preempted slice and
+reruns the same command, which resumes from the checkpoints in the GCS workdir. Standard library only.
+
+  python launch/tpu_pod.py --name=mnet --zone=us-central2-b --accelerator_type=v4-32 --spot --watch \\
+      --workdir=gs://BUCKET/sweep -- --config.data.data_dir=gs://BUCKET/tfds
+  python launch/tpu_pod.py ... --points a{1,0.75,0.5,0.25}_r{224,192,160,128}   # one slice per point
+  python launch/tpu_pod.py ... --dry_run                                          # print the commands only
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import dataclasses
+import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+
+from common import DEFAULT_CONFIG, REPO_ROOT, Parser, fail, main_args, point_names, split_main_flags
+
+ACCELERATOR_TYPE = re.compile(r'(v[0-9]+[a-z]*)-[0-9]+')  # v4-32, v5litepod-16, v5p-8, v6e-64
+SLICE_NAME = re.compile(r'[a-z]([-a-z0-9]{0,61}[a-z0-9])?')  # a GCE resource name
+# Default TPU software version per generation, from https://cloud.google.com/tpu/docs/runtimes (PyTorch and JAX).
+RUNTIME_VERSIONS = {'v2': 'tpu-ubuntu2204-base', 'v3': 'tpu-ubuntu2204-base', 'v4': 'tpu-ubuntu2204-base',
+                    'v5litepod': 'v2-alpha-tpuv5-lite', 'v5p': 'v2-alpha-tpuv5', 'v6e': 'v2-alpha-tpuv6e'}
+# Exit codes of the run after which rerunning resumes: 143 = main saw SIGTERM and saved a checkpoint
+# (a preemption notice), 255 = ssh lost the connection (the VM went away).
+RESUMABLE_EXIT_CODES = (143, 255)
+# On the workers, relative to the home folder that gcloud ssh and scp start in.
+SOURCE_DIR, VENV_DIR, ARCHIVE, PID_FILE = 'mnet_src', 'mnet_venv', 'mnet_src.tar.gz', 'mnet_run.pid'
+UV = '$HOME/.local/bin/uv'
+# A rerun on a live slice first stops a run left over from before (it would hold the TPU): SIGTERM makes it
+# save a checkpoint; after 60 s it is killed. The cmdline check guards against a reused pid.
+STOP_PREVIOUS_RUN = (f'pid=$(cat {PID_FILE} 2>/dev/null); if grep -qa mnet_jax.main "/proc/$pid/cmdline" 2>/dev/null; '
+                     'then kill "$pid"; '
+                     'for i in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done; '
+                     'kill -9 "$pid" 2>/dev/null; fi')
+
+
+@dataclasses.dataclass(frozen=True)
+class Slice:
+  """One TPU VM slice (optionally through a queued resource of the same name) and its gcloud commands."""
+
+  name: str
+  zone: str
+  project: str | None
+  accelerator_type: str
+  runtime_version: str
+  spot: bool
+  queued: bool
+
+  @property
+  def kind(self) -> str:
+    return 'queued-resources' if self.queued else 'tpu-vm'
+
+  @property
+  def ready_states(self) -> tuple[str, ...]:
+    return ('ACTIVE',) if self.queued else ('READY',)
+
+  @property
+  def dead_states(self) -> tuple[str, ...]:
+    """States that never come back to ready: the slice must be deleted and created again."""
+    return ('FAILED', 'SUSPENDING', 'SUSPENDED') if self.queued else ('PREEMPTED', 'TERMINATED')
+
+  def gcloud(self, *args: str) -> list[str]:
+    project = [f'--project={self.project}'] if self.project else []
+    return ['gcloud', 'compute', 'tpus', *args, f'--zone={self.zone}', *project]
+
+  def describe(self) -> list[str]:
+    state_field = 'state.state' if self.queued else 'state'
+    return self.gcloud(self.kind, 'describe', self.name, f'--format=value({state_field})')
+
+  def create(self) -> list[str]:
+    spot = ['--spot'] if self.spot else []
+    if self.queued:
+      return self.gcloud('queued-resources', 'create', self.name, f'--node-id={self.name}',
+                         f'--accelerator-type={self.accelerator_type}', f'--runtime-version={self.runtime_version}',
+                         *spot)
+    return self.gcloud('tpu-vm', 'create', self.name, f'--accelerator-type={self.accelerator_type}',
+                       f'--version={self.runtime_version}', *spot)
+
+  def delete(self) -> list[str]:
+    force = ['--force'] if self.queued else []  # --force also deletes the queued resource's TPU VM
+    return self.gcloud(self.kind, 'delete', self.name, *force, '--quiet')
+
+  def copy(self, local_path: str, remote_path: str) -> list[str]:
+    return self.gcloud('tpu-vm', 'scp', local_path, f'{self.name}:{remote_path}', '--worker=all')
+
+  def ssh(self, command: str) -> list[str]:
+    return self.gcloud('tpu-vm', 'ssh', self.name, '--worker=all', f'--command={command}')
+
+
+def parse_args(argv: list[str]):
+  parser = Parser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+  parser.add_argument('--name', required=True, help='slice name (with --points: the prefix of one slice per point)')
+  parser.add_argument('--zone', required=True)
+  parser.add_argument('--project', help='GCP project (default: gcloud config)')
+  parser.add_argument('--accelerator_type', required=True, help='e.g. v4-32, v5litepod-16, v5p-8, v6e-64')
+  parser.add_argument('--runtime_version', help='TPU software version (default: the one for the TPU generation)')
+  parser.add_argument('--spot', action='store_true', help='Spot VMs (cheaper, preemptible)')
+  parser.add_argument('--queued', action='store_true', help='create through a queued resource')
+  parser.add_argument('--workdir', required=True, help='gs:// folder shared by every worker and every retry')
+  parser.add_argument('--config', default=DEFAULT_CONFIG, help='config file[:arg] for mnet_jax.main')
+  parser.add_argument('--points', nargs='+', metavar='POINT',
+                      help='one slice per sweep point, each running --config.sweep.only=POINT in the same workdir')
+  parser.add_argument('--repo', help='git URL the workers clone (default: ship this checkout with git archive)')
+  parser.add_argument('--ref', default='HEAD', help='git ref to ship or check out')
+  parser.add_argument('--watch', action='store_true', help='recreate a preempted slice and rerun until done')
+  parser.add_argument('--max_attempts', type=int, default=50, help='runs per slice with --watch')
+  parser.add_argument('--poll_seconds', type=int, default=60, help='wait between state checks')
+  parser.add_argument('--dry_run', action='store_true', help='print the commands, one per line; run nothing')
+  own, main_flags = split_main_flags(argv)
+  args = parser.parse_args(own)
+  args.main_flags = main_flags
+  return args
+
+
+def check_args(args) -> None:
+  match = ACCELERATOR_TYPE.fullmatch(args.accelerator_type)
+  if not match:
+    fail(f'bad --accelerator_type {args.accelerator_type!r}; expected e.g. v4-32, v5litepod-16, v5p-8 or v6e-64')
+  if not args.runtime_version:
+    args.runtime_version = RUNTIME_VERSIONS.get(match[1])
+    if not args.runtime_version:
+      fail(f'no default TPU software version for {match[1]}; pass --runtime_version')
+  if not args.workdir.startswith('gs://'):
+    fail(f'--workdir must be a gs:// folder (every worker and every retry must see it), got {args.workdir!r}')
+  if args.points is not None:
+    args.points = point_names(args.points)
+  for name in slice_names(args).values():
+    if not SLICE_NAME.fullmatch(name):
+      fail(f'bad slice name {name!r}: lowercase letters, digits and hyphens, at most 63, starting with a letter')
+
+
+def slice_names(args) -> dict[str | None, str]:
+  """Sweep point (None: the whole sweep) -> slice name."""
+  if args.points is None:
+    return {None: args.name}
+  return {p: f'{args.name}-{p.replace(".", "-").replace("_", "-")}' for p in args.points}
+
+
+def local_archive(args) -> str:
+  return f'{tempfile.gettempdir()}/mnet_jax_src-{args.name}.tar.gz'
+
+
+def archive_command(args) -> list[str]:
+  return ['git', '-C', str(REPO_ROOT), 'archive', '--format=tar.gz', f'--output={local_archive(args)}', args.ref]
+
+
+def setup_command(args) -> str:
+  """Unpack (or clone) the code and install the pinned requirements with libtpu into a Python venv.
+
+  The venv comes from uv because the TPU images' system Python is older than the project's minimum.
+  """
+  if args.repo:
+    fetch = (f'rm -rf {SOURCE_DIR} && git clone -q {shlex.quote(args.repo)} {SOURCE_DIR}'
+             f' && git -C {SOURCE_DIR} checkout -q {shlex.quote(args.ref)}')
+  else:
+    fetch = f'rm -rf {SOURCE_DIR} && mkdir {SOURCE_DIR} && tar -xzf {ARCHIVE} -C {SOURCE_DIR}'
+  return (f'{fetch} && (test -x {UV} || curl -LsSf https://astral.sh/uv/install.sh | sh)'
+          f' && {UV} venv -q --allow-existing --python {python_version()} {VENV_DIR}'
+          f' && {UV} pip install -q --python {VENV_DIR}/bin/python -r {SOURCE_DIR}/requirements.txt'
+          f' {shlex.quote(jax_tpu_requirement())}')
+
+
+def run_command(args, point: str | None) -> str:
+  flags = args.main_flags + ([f'--config.sweep.only={point}'] if point else [])
+  python_args = shlex.join(main_args(args.config, args.workdir, flags))
+  # exec keeps the shell's pid, so the pid file names the Python process.
+  return (f'{STOP_PREVIOUS_RUN}; echo $$ > {PID_FILE} && cd {SOURCE_DIR}'
+          f' && exec ../{VENV_DIR}/bin/python {python_args}')
+
+
+def python_version() -> str:
+  """The project's minimum Python, from pyproject.toml."""
+  text = (REPO_ROOT / 'pyproject.toml').read_text()
+  return re.search(r'requires-python\s*=\s*">=\s*([0-9.]+)"', text)[1]
+
+
+def jax_tpu_requirement() -> str:
+  """jax[tpu] at the version requirements.txt pins (the extra adds libtpu)."""
+  match = re.search(r'^jax==(\S+)', (REPO_ROOT / 'requirements.txt').read_text(), re.MULTILINE)
+  return f'jax[tpu]=={match[1]}' if match else 'jax[tpu]'
+
+
+def make_slice(args, name: str) -> Slice:
+  return Slice(name, args.zone, args.project, args.accelerator_type, args.runtime_version, args.spot, args.queued)
+
+
+def print_plan(args) -> None:
+  if not args.repo:
+    print(shlex.join(archive_command(args)))
+  for point, name in slice_names(args).items():
+    tpu = make_slice(args, name)
+    print(f'# slice {name}: {"sweep point " + point if point else "the whole sweep"}')
+    print(shlex.join(tpu.describe()))
+    print(shlex.join(tpu.create()))
+    if args.queued:
+      print(f'# polled until {tpu.ready_states[0]}')
+      print(shlex.join(tpu.describe()))
+    if not args.repo:
+      print(shlex.join(tpu.copy(local_archive(args), ARCHIVE)))
+    print(shlex.join(tpu.ssh(setup_command(args))))
+    print(shlex.join(tpu.ssh(run_command(args, point))))
+    if args.watch:
+      print(f'# --watch: if the run stops early and describe shows {"/".join(tpu.dead_states)} or no slice:')
+      print(shlex.join(tpu.delete()))
+      print('# then the commands from create on again; the run resumes from the checkpoints in the workdir')
+
+
+def call(tpu: Slice, command: list[str]) -> int:
+  log(tpu, '+ ' + shlex.join(command))
+  return subprocess.run(command).returncode
+
+
+def state(tpu: Slice) -> str | None:
+  """The slice's state, or None where it does not exist (or cannot be described)."""
+  result = subprocess.run(tpu.describe(), capture_output=True, text=True)
+  return (result.stdout.strip() or None) if result.returncode == 0 else None
+
+
+def bring_up(tpu: Slice, args) -> bool:
+  """Reuse the slice if it is ready; delete it if preempted; create it if missing; wait until it is ready."""
+  while True:
+    current = state(tpu)
+    log(tpu, f'state: {current or "absent"}')
+    if current in tpu.ready_states:
+      return True
+    if current in tpu.dead_states and call(tpu, tpu.delete()) == 0:
+      continue
+    if current is None:
+      if call(tpu, tpu.create()) == 0:
+        continue
+      if not args.watch:
+        return False
+    time.sleep(args.poll_seconds)  # creating, queued, deleting, or a failed create/delete to retry
+
+
+def supervise(tpu: Slice, args, point: str | None) -> int:
+  """Run the job on one slice to completion; with --watch survive preemptions. Returns the exit code."""
+  for attempt in range(1, args.max_attempts + 1):
+    log(tpu, f'attempt {attempt}')
+    if not bring_up(tpu, args):
+      return 1
+    setup = [tpu.copy(local_archive(args), ARCHIVE)] if not args.repo else []
+    code = next((c for c in (call(tpu, s) for s in [*setup, tpu.ssh(setup_command(args))]) if c), 0)
+    if code == 0:
+      code = call(tpu, tpu.ssh(run_command(args, point)))
+      if code == 0:
+        log(tpu, 'done')
+        return 0
+    if not args.watch:
+      return code
+    time.sleep(args.poll_seconds)  # a preempted slice takes a moment to leave the ready state
+    if code not in RESUMABLE_EXIT_CODES and state(tpu) in tpu.ready_states:
+      log(tpu, f'the job failed with exit code {code} on a live slice; not retrying')
+      return code
+  log(tpu, f'gave up after {args.max_attempts} attempts')
+  return 1
+
+
+def log(tpu: Slice, message: str) -> None:
+  print(f'[{tpu.name}] {message}', file=sys.stderr, flush=True)
+
+
+def main(argv: list[str]) -> int:
+  args = parse_args(argv)
+  check_args(args)
+  if args.dry_run:
+    print_plan(args)
+    return 0
+  if not args.repo and subprocess.run(archive_command(args)).returncode != 0:
+    return 1
+  jobs = {point: make_slice(args, name) for point, name in slice_names(args).items()}
+  with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+    codes = list(pool.map(lambda item: supervise(item[1], args, item[0]), jobs.items()))
+  return max(codes)
+
+
+if __name__ == '__main__':
+  sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,202 @@
+"""The launchers: their --dry_run commands parsed back with shlex, the remote and sbatch shell code run in bash
+with stand-ins for the interpreter and Slurm's commands, and bad input."""
+
+import os
+import pathlib
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+TPU_POD, SLURM = ROOT / 'launch' / 'tpu_pod.py', ROOT / 'launch' / 'slurm.py'
+WORKDIR = 'gs://bucket/my runs/sweep'  # a space must survive two levels of shell quoting
+TPU_ARGS = ['--name=mnet', '--zone=us-central2-b', '--accelerator_type=v4-32', f'--workdir={WORKDIR}', '--dry_run']
+MAIN_FLAG = '--config.data.data_dir=gs://bucket/tensorflow datasets'
+
+
+def launch(script: pathlib.Path, *args: str, expect: int = 0) -> str:
+  result = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd='/')
+  assert result.returncode == expect, result.stderr
+  return result.stdout if expect == 0 else result.stderr
+
+
+def commands(stdout: str) -> list[list[str]]:
+  return [shlex.split(line) for line in stdout.splitlines() if line and not line.startswith('#')]
+
+
+def gcloud(cmds: list[list[str]], *verb: str) -> list[list[str]]:
+  """The gcloud commands of one verb, e.g. ('tpu-vm', 'ssh')."""
+  return [c for c in cmds if c[:3] == ['gcloud', 'compute', 'tpus'] and tuple(c[3:3 + len(verb)]) == verb]
+
+
+def remote_command(cmd: list[str]) -> str:
+  [value] = [a.removeprefix('--command=') for a in cmd if a.startswith('--command=')]
+  return value
+
+
+def main_argv(remote: str) -> list[str]:
+  """The arguments after the interpreter in a worker's run command."""
+  tokens = shlex.split(remote.split(' && exec ')[-1])
+  return tokens[1:]
+
+
+def pinned_jax() -> str:
+  return re.search(r'^jax==(\S+)', (ROOT / 'requirements.txt').read_text(), re.MULTILINE)[1]
+
+
+def test_whole_sweep_on_one_slice():
+  cmds = commands(launch(TPU_POD, *TPU_ARGS, '--spot', '--watch', '--', MAIN_FLAG))
+  [create] = gcloud(cmds, 'tpu-vm', 'create')
+  assert create[5] == 'mnet' and {'--accelerator-type=v4-32', '--version=tpu-ubuntu2204-base', '--spot',
+                                  '--zone=us-central2-b'} <= set(create)
+  [copy] = gcloud(cmds, 'tpu-vm', 'scp')
+  assert copy[-3:-1] == ['mnet:mnet_src.tar.gz', '--worker=all']
+  setup, run = gcloud(cmds, 'tpu-vm', 'ssh')
+  assert all('--worker=all' in c and c[5] == 'mnet' for c in (setup, run))
+  install = remote_command(setup)
+  assert f"'jax[tpu]=={pinned_jax()}'" in install and '-r mnet_src/requirements.txt' in install
+  assert main_argv(remote_command(run)) == ['-m', 'mnet_jax.main', '--config=experiments/sweep.py:imagenet2012',
+                                            f'--workdir={WORKDIR}', '--distributed', MAIN_FLAG]
+  [delete] = gcloud(cmds, 'tpu-vm', 'delete')  # the --watch recovery
+  assert delete[5] == 'mnet' and '--quiet' in delete
+  assert cmds[0][:3] == ['git', '-C', str(ROOT)] and 'archive' in cmds[0]
+  # Order: ship the code, create, copy, install, run.
+  order = [cmds.index(c) for c in (create, copy, setup, run)]
+  assert order == sorted(order)
+
+
+def test_queued_spot_resources():
+  cmds = commands(launch(TPU_POD, *TPU_ARGS, '--spot', '--queued', '--watch', '--project=proj'))
+  [create] = gcloud(cmds, 'queued-resources', 'create')
+  assert create[5] == 'mnet' and {'--node-id=mnet', '--accelerator-type=v4-32', '--spot', '--project=proj',
+                                  '--runtime-version=tpu-ubuntu2204-base'} <= set(create)
+  assert all('--format=value(state.state)' in c for c in gcloud(cmds, 'queued-resources', 'describe'))
+  [delete] = gcloud(cmds, 'queued-resources', 'delete')
+  assert '--force' in delete  # also deletes the TPU VM
+  assert len(gcloud(cmds, 'tpu-vm', 'ssh')) == 2 and not gcloud(cmds, 'tpu-vm', 'create')
+
+
+def test_one_slice_per_point():
+  points = ['a1_r224', 'a0.75_r192', 'a0.5_r160', 'conv_a1_r224']
+  cmds = commands(launch(TPU_POD, *TPU_ARGS, '--points', 'a1_r224', 'a0.75_r192,a0.5_r160', 'conv_a1_r224'))
+  names = [c[5] for c in gcloud(cmds, 'tpu-vm', 'create')]
+  assert names == ['mnet-a1-r224', 'mnet-a0-75-r192', 'mnet-a0-5-r160', 'mnet-conv-a1-r224']
+  runs = [c for c in gcloud(cmds, 'tpu-vm', 'ssh') if 'mnet_jax.main' in remote_command(c)]
+  for name, point, run in zip(names, points, runs, strict=True):
+    argv = main_argv(remote_command(run))
+    assert run[5] == name and '--worker=all' in run
+    assert f'--workdir={WORKDIR}' in argv and [a for a in argv if 'sweep.only' in a] == [f'--config.sweep.only={point}']
+
+
+def test_runtime_version_follows_the_tpu_generation():
+  args = [a for a in TPU_ARGS if not a.startswith('--accelerator_type')]
+  for accelerator, runtime in [('v5litepod-16', 'v2-alpha-tpuv5-lite'), ('v6e-8', 'v2-alpha-tpuv6e')]:
+    [create] = gcloud(commands(launch(TPU_POD, *args, f'--accelerator_type={accelerator}')), 'tpu-vm', 'create')
+    assert f'--version={runtime}' in create
+
+
+def test_worker_commands_run_in_bash(tmp_path):
+  """The run command, executed: the interpreter gets the exact argv, and a leftover run is stopped first."""
+  cmds = commands(launch(TPU_POD, *TPU_ARGS, '--', MAIN_FLAG))
+  setup, run = (remote_command(c) for c in gcloud(cmds, 'tpu-vm', 'ssh'))
+  assert subprocess.run(['bash', '-n', '-c', setup]).returncode == 0
+  (tmp_path / 'mnet_src').mkdir()
+  python = tmp_path / 'mnet_venv' / 'bin' / 'python'
+  python.parent.mkdir(parents=True)
+  python.write_text('#!/bin/bash\nprintf "%s\\n" "$@" > ../argv\n')
+  python.chmod(0o755)
+  leftover = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', 'mnet_jax.main'])
+  unrelated = subprocess.Popen(['sleep', '60'])
+  reaper = threading.Thread(target=leftover.wait)  # as init would: a dead but unreaped process still answers kill -0
+  reaper.start()
+  try:
+    (tmp_path / 'mnet_run.pid').write_text(f'{leftover.pid}\n')
+    assert subprocess.run(['bash', '-c', run], cwd=tmp_path, timeout=30).returncode == 0
+    reaper.join(timeout=5)
+    assert leftover.returncode == -signal.SIGTERM
+    assert (tmp_path / 'argv').read_text().splitlines() == main_argv(run)
+    # A pid file naming some other process leaves it alone.
+    (tmp_path / 'mnet_run.pid').write_text(f'{unrelated.pid}\n')
+    assert subprocess.run(['bash', '-c', run], cwd=tmp_path, timeout=30).returncode == 0
+    assert unrelated.poll() is None
+  finally:
+    for process in (leftover, unrelated):
+      process.kill()
+      process.wait()
+
+
+def slurm_script(stdout: str) -> tuple[str, str]:
+  """(the here-document's path, its text) from slurm.py --dry_run."""
+  match = re.search(r"^cat > (.+) <<'EOF'\n(.*?)^EOF$", stdout, re.MULTILINE | re.DOTALL)
+  return shlex.split(match[1])[0], match[2]
+
+
+def test_sbatch_script_has_one_task_per_gpu(tmp_path):
+  out = launch(SLURM, '--nodes=2', '--gpus_per_node=8', '--partition=gpu', '--workdir=/shared/my runs/sweep',
+               f'--log_dir={tmp_path}', '--compilation_cache_dir=/shared/jax cache', '--dry_run', '--', MAIN_FLAG)
+  path, script = slurm_script(out)
+  assert out.splitlines()[-1].split() == ['sbatch', path] and path.startswith(str(tmp_path))
+  options = dict(line.removeprefix('#SBATCH --').partition('=')[::2] for line in script.splitlines()
+                 if line.startswith('#SBATCH'))
+  assert options['nodes'] == '2' and options['ntasks-per-node'] == options['gpus-per-node'] == '8'
+  assert 'gpus-per-task' not in options and options['partition'] == 'gpu'
+  assert 'requeue' in options and options['signal'] == 'B:USR1@120'
+  [srun] = [shlex.split(line) for line in script.splitlines() if line.startswith('srun ')]
+  assert srun[-1] == '&' and srun[srun.index('python3') + 1:-1] == [
+      '-m', 'mnet_jax.main', '--config=experiments/sweep.py:imagenet2012', '--workdir=/shared/my runs/sweep',
+      '--distributed', MAIN_FLAG, '--config.compilation_cache_dir=/shared/jax cache']
+  assert subprocess.run(['bash', '-n'], input=out, text=True).returncode == 0
+
+
+def test_sbatch_script_checkpoints_and_requeues_before_the_time_limit(tmp_path):
+  """Run the script with stand-ins for srun/scancel/scontrol and the task; send the time-limit warning."""
+  out = launch(SLURM, '--gpus_per_node=1', '--workdir=w', f'--code_dir={tmp_path}', '--python=./task',
+               '--dry_run')
+  _, script = slurm_script(out)
+  stand_ins = {
+      'srun': 'shift; exec "$@"',  # drops --kill-on-bad-exit
+      'scancel': 'echo "scancel $*" >> events; kill -TERM "$(cat task.pid)"',
+      'scontrol': 'echo "scontrol $*" >> events',
+      'task': 'echo $$ > task.pid; trap "echo checkpointed >> events; exit 143" TERM; while :; do sleep 0.1; done',
+  }
+  (tmp_path / 'bin').mkdir()
+  for name, body in stand_ins.items():
+    path = tmp_path / ('task' if name == 'task' else f'bin/{name}')
+    path.write_text(f'#!/bin/bash\n{body}\n')
+    path.chmod(0o755)
+  env = dict(os.environ, PATH=f'{tmp_path / "bin"}:{os.environ["PATH"]}', SLURM_JOB_ID='42')
+  job = subprocess.Popen(['bash', '-c', script], cwd=tmp_path, env=env, start_new_session=True)
+  try:
+    deadline = time.time() + 20
+    while not (tmp_path / 'task.pid').exists() and time.time() < deadline:
+      time.sleep(0.05)
+    job.send_signal(signal.SIGUSR1)
+    assert job.wait(timeout=20) == 0
+  finally:
+    if job.poll() is None:
+      os.killpg(job.pid, signal.SIGKILL)  # the script and its stand-in task, nothing else
+      job.wait()
+  assert (tmp_path / 'events').read_text().splitlines() == ['scancel --signal=TERM 42', 'checkpointed',
+                                                            'scontrol requeue 42']
+
+
+@pytest.mark.parametrize('script,args,message', [
+    (TPU_POD, ['--accelerator_type=tpu-v4'], 'accelerator_type'),
+    (TPU_POD, ['--points', ','], 'no sweep points'),
+    (TPU_POD, ['--points', 'alpha1_r224'], 'point name'),
+    (TPU_POD, ['--workdir=/local/dir'], 'gs://'),
+    (TPU_POD, ['--accelerator_type=v9x-8'], 'runtime_version'),
+    (SLURM, ['--gpus_per_node=0', '--workdir=w'], 'gpus_per_node'),
+    (SLURM, ['--gpus_per_node=8', '--workdir=w', '--time=tomorrow'], '--time'),
+    (SLURM, ['--workdir=w'], 'gpus_per_node'),
+])
+def test_bad_input_is_one_line_and_exit_code_2(script, args, message):
+  base = TPU_ARGS if script == TPU_POD else ['--dry_run']
+  stderr = launch(script, *base, *args, expect=2)
+  assert len(stderr.splitlines()) == 1 and stderr.startswith('error: ') and message in stderr
