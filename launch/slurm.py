@@ -52,24 +52,29 @@ wait "$pid"
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-  parser = Parser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-  parser.add_argument('--nodes', type=int, default=1)
+  parser = Parser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--nodes', type=int, default=1, help='(default: %(default)s)')
   parser.add_argument('--gpus_per_node', type=int, required=True, help='GPUs per node; one process each')
-  parser.add_argument('--cpus_per_task', type=int, default=8, help='CPU cores per process (input pipeline)')
-  parser.add_argument('--time', default='24:00:00', help='time limit per submission (the job requeues itself)')
+  parser.add_argument('--cpus_per_task', type=int, default=8,
+                      help='CPU cores per process, for the input pipeline (default: %(default)s)')
+  parser.add_argument('--time', default='24:00:00',
+                      help='time limit of one submission; the job requeues itself (default: %(default)s)')
   parser.add_argument('--partition')
   parser.add_argument('--account')
-  parser.add_argument('--job_name', default='mnet_jax')
+  parser.add_argument('--job_name', default='mnet_jax', help='(default: %(default)s)')
   parser.add_argument('--sbatch_option', action='append', default=[], metavar='OPTION',
                       help='one more #SBATCH line, e.g. --sbatch_option=--mem=0 (repeatable)')
   parser.add_argument('--signal_seconds', type=int, default=120,
-                      help='seconds before the time limit at which the job checkpoints and requeues itself')
+                      help='seconds before the time limit at which the job checkpoints and requeues itself'
+                           ' (default: %(default)s)')
   parser.add_argument('--workdir', required=True, help='on a filesystem every node sees')
-  parser.add_argument('--config', default=DEFAULT_CONFIG, help='config file[:arg] for mnet_jax.main')
+  parser.add_argument('--config', default=DEFAULT_CONFIG,
+                      help='config file[:arg] for mnet_jax.main (default: %(default)s)')
   parser.add_argument('--compilation_cache_dir', default='',
                       help="JAX's persistent compilation cache (default: mnet_jax.main's, <workdir>/.jax_cache)")
   parser.add_argument('--code_dir', default=str(REPO_ROOT), help='this repository, as the nodes see it')
-  parser.add_argument('--python', default='python3', help='interpreter on the nodes (with the requirements)')
+  parser.add_argument('--python', default='python3',
+                      help='interpreter on the nodes, with the requirements installed (default: %(default)s)')
   parser.add_argument('--env_setup', default='', help='shell line run first, e.g. module load / venv activate')
   parser.add_argument('--log_dir', help='where the script and its output go (default: <code_dir>/slurm_logs)')
   parser.add_argument('--dry_run', action='store_true', help='print the commands, one per line; submit nothing')

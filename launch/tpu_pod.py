@@ -94,8 +94,8 @@ class Slice:
     return self.gcloud('tpu-vm', 'ssh', self.name, '--worker=all', f'--command={command}')
 
 
-def parse_args(argv: list[str]):
-  parser = Parser(description=__doc__.split('\n\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def parse_args(argv: list[str]) -> argparse.Namespace:
+  parser = Parser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--name', required=True, help='slice name (with --points: the prefix of one slice per point)')
   parser.add_argument('--zone', required=True)
   parser.add_argument('--project', help='GCP project (default: gcloud config)')
@@ -104,14 +104,16 @@ def parse_args(argv: list[str]):
   parser.add_argument('--spot', action='store_true', help='Spot VMs (cheaper, preemptible)')
   parser.add_argument('--queued', action='store_true', help='create through a queued resource')
   parser.add_argument('--workdir', required=True, help='gs:// folder shared by every worker and every retry')
-  parser.add_argument('--config', default=DEFAULT_CONFIG, help='config file[:arg] for mnet_jax.main')
+  parser.add_argument('--config', default=DEFAULT_CONFIG,
+                      help='config file[:arg] for mnet_jax.main (default: %(default)s)')
   parser.add_argument('--points', nargs='+', metavar='POINT',
                       help='one slice per sweep point, each running --config.sweep.only=POINT in the same workdir')
   parser.add_argument('--repo', help='git URL the workers clone (default: ship this checkout with git archive)')
-  parser.add_argument('--ref', default='HEAD', help='git ref to ship or check out')
+  parser.add_argument('--ref', default='HEAD', help='git ref to ship or check out (default: %(default)s)')
   parser.add_argument('--watch', action='store_true', help='recreate a preempted slice and rerun until done')
-  parser.add_argument('--max_attempts', type=int, default=50, help='runs per slice with --watch')
-  parser.add_argument('--poll_seconds', type=int, default=60, help='wait between state checks')
+  parser.add_argument('--max_attempts', type=int, default=50, help='runs per slice with --watch (default: %(default)s)')
+  parser.add_argument('--poll_seconds', type=int, default=60,
+                      help='seconds between state checks (default: %(default)s)')
   parser.add_argument('--dry_run', action='store_true', help='print the commands, one per line; run nothing')
   own, main_flags = split_main_flags(argv)
   args = parser.parse_args(own)
@@ -119,7 +121,7 @@ def parse_args(argv: list[str]):
   return args
 
 
-def check_args(args) -> None:
+def check_args(args: argparse.Namespace) -> None:
   match = ACCELERATOR_TYPE.fullmatch(args.accelerator_type)
   if not match:
     fail(f'bad --accelerator_type {args.accelerator_type!r}; expected e.g. v4-32, v5litepod-16, v5p-8 or v6e-64')
@@ -136,22 +138,22 @@ def check_args(args) -> None:
       fail(f'bad slice name {name!r}: lowercase letters, digits and hyphens, at most 63, starting with a letter')
 
 
-def slice_names(args) -> dict[str | None, str]:
+def slice_names(args: argparse.Namespace) -> dict[str | None, str]:
   """Sweep point (None: the whole sweep) -> slice name."""
   if args.points is None:
     return {None: args.name}
   return {p: f'{args.name}-{p.replace(".", "-").replace("_", "-")}' for p in args.points}
 
 
-def local_archive(args) -> str:
+def local_archive(args: argparse.Namespace) -> str:
   return f'{tempfile.gettempdir()}/mnet_jax_src-{args.name}.tar.gz'
 
 
-def archive_command(args) -> list[str]:
+def archive_command(args: argparse.Namespace) -> list[str]:
   return ['git', '-C', str(REPO_ROOT), 'archive', '--format=tar.gz', f'--output={local_archive(args)}', args.ref]
 
 
-def setup_command(args) -> str:
+def setup_command(args: argparse.Namespace) -> str:
   """Unpack (or clone) the code and install the pinned requirements with libtpu into a Python venv.
 
   The venv comes from uv because the TPU images' system Python is older than the project's minimum.
@@ -167,7 +169,7 @@ def setup_command(args) -> str:
           f' {shlex.quote(jax_tpu_requirement())}')
 
 
-def run_command(args, point: str | None) -> str:
+def run_command(args: argparse.Namespace, point: str | None) -> str:
   flags = args.main_flags + ([f'--config.sweep.only={point}'] if point else [])
   python_args = shlex.join(main_args(args.config, args.workdir, flags))
   # exec keeps the shell's pid, so the pid file names the Python process.
@@ -187,11 +189,11 @@ def jax_tpu_requirement() -> str:
   return f'jax[tpu]=={match[1]}' if match else 'jax[tpu]'
 
 
-def make_slice(args, name: str) -> Slice:
+def make_slice(args: argparse.Namespace, name: str) -> Slice:
   return Slice(name, args.zone, args.project, args.accelerator_type, args.runtime_version, args.spot, args.queued)
 
 
-def print_plan(args) -> None:
+def print_plan(args: argparse.Namespace) -> None:
   if not args.repo:
     print(shlex.join(archive_command(args)))
   for point, name in slice_names(args).items():
@@ -223,7 +225,7 @@ def state(tpu: Slice) -> str | None:
   return (result.stdout.strip() or None) if result.returncode == 0 else None
 
 
-def bring_up(tpu: Slice, args) -> bool:
+def bring_up(tpu: Slice, args: argparse.Namespace) -> bool:
   """Reuse the slice if it is ready; delete it if preempted; create it if missing; wait until it is ready."""
   while True:
     current = state(tpu)
@@ -240,19 +242,25 @@ def bring_up(tpu: Slice, args) -> bool:
     time.sleep(args.poll_seconds)  # creating, queued, deleting, or a failed create/delete to retry
 
 
-def supervise(tpu: Slice, args, point: str | None) -> int:
+def deploy(tpu: Slice, args: argparse.Namespace) -> int:
+  """Put the code and the venv on every worker (again after a recreation). Returns the first failing exit code."""
+  steps = [] if args.repo else [tpu.copy(local_archive(args), ARCHIVE)]
+  for step in [*steps, tpu.ssh(setup_command(args))]:
+    if code := call(tpu, step):
+      return code
+  return 0
+
+
+def supervise(tpu: Slice, args: argparse.Namespace, point: str | None) -> int:
   """Run the job on one slice to completion; with --watch survive preemptions. Returns the exit code."""
   for attempt in range(1, args.max_attempts + 1):
     log(tpu, f'attempt {attempt}')
     if not bring_up(tpu, args):
       return 1
-    setup = [tpu.copy(local_archive(args), ARCHIVE)] if not args.repo else []
-    code = next((c for c in (call(tpu, s) for s in [*setup, tpu.ssh(setup_command(args))]) if c), 0)
+    code = deploy(tpu, args) or call(tpu, tpu.ssh(run_command(args, point)))
     if code == 0:
-      code = call(tpu, tpu.ssh(run_command(args, point)))
-      if code == 0:
-        log(tpu, 'done')
-        return 0
+      log(tpu, 'done')
+      return 0
     if not args.watch:
       return code
     time.sleep(args.poll_seconds)  # a preempted slice takes a moment to leave the ready state

@@ -131,6 +131,43 @@ def test_worker_commands_run_in_bash(tmp_path):
       process.wait()
 
 
+FAKE_GCLOUD = """#!/bin/bash
+# Stand-in for gcloud: one slice whose state lives in a file; the first training run ends as the test says.
+echo "$4" >> calls
+case "$4" in
+  describe) if [ -s state ]; then cat state; else echo "NOT_FOUND" >&2; exit 1; fi ;;
+  create) echo READY > state ;;
+  delete) rm -f state ;;
+  ssh) if [[ "$*" == *mnet_jax.main* ]]; then
+         echo run >> calls
+         if [ ! -f ran_once ]; then touch ran_once; cat first_state > state; exit "$(cat first_exit)"; fi
+       fi ;;
+esac
+"""
+FIRST = ['describe', 'create', 'describe', 'scp', 'ssh', 'ssh', 'run']  # absent -> create -> ready -> install, run
+
+
+@pytest.mark.parametrize('first_exit,first_state,expect,then', [
+    (255, 'PREEMPTED', 0, ['describe', 'delete', 'describe', 'create', 'describe', 'scp', 'ssh', 'ssh', 'run']),
+    (143, 'READY', 0, ['describe', 'scp', 'ssh', 'ssh', 'run']),  # preemption notice on a live slice: rerun there
+    (1, 'READY', 1, ['describe']),  # the job itself failed: no retry
+])
+def test_watch_recreates_a_preempted_slice_and_reruns(tmp_path, first_exit, first_state, expect, then):
+  gcloud_bin = tmp_path / 'bin' / 'gcloud'
+  gcloud_bin.parent.mkdir()
+  gcloud_bin.write_text(FAKE_GCLOUD)
+  gcloud_bin.chmod(0o755)
+  (tmp_path / 'first_exit').write_text(str(first_exit))
+  (tmp_path / 'first_state').write_text(first_state)
+  env = dict(os.environ, PATH=f'{gcloud_bin.parent}:{os.environ["PATH"]}', TMPDIR=str(tmp_path))
+  args = [a for a in TPU_ARGS if a != '--dry_run'] + ['--spot', '--watch', '--poll_seconds=0']
+  result = subprocess.run([sys.executable, str(TPU_POD), *args], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+  assert result.returncode == expect, result.stderr
+  assert (tmp_path / 'calls').read_text().split() == FIRST + then
+  assert (tmp_path / 'mnet_jax_src-mnet.tar.gz').stat().st_size > 0  # the code that was shipped
+
+
 def slurm_script(stdout: str) -> tuple[str, str]:
   """(the here-document's path, its text) from slurm.py --dry_run."""
   match = re.search(r"^cat > (.+) <<'EOF'\n(.*?)^EOF$", stdout, re.MULTILINE | re.DOTALL)
