@@ -237,3 +237,20 @@ def test_bad_input_is_one_line_and_exit_code_2(script, args, message):
   base = TPU_ARGS if script == TPU_POD else ['--dry_run']
   stderr = launch(script, *base, *args, expect=2)
   assert len(stderr.splitlines()) == 1 and stderr.startswith('error: ') and message in stderr
+
+
+def test_the_environment_srun_gives_each_task_is_enough_for_jax_distributed():
+  """What the sbatch script relies on: with only the variables srun sets per task, a bare
+  jax.distributed.initialize() joins the tasks (here two on localhost) into one job."""
+  probe = ('import jax; jax.distributed.initialize(); '
+           'print(jax.process_index(), jax.process_count(), jax.device_count()); jax.distributed.shutdown()')
+  tasks = [subprocess.Popen([sys.executable, '-c', probe], stdout=subprocess.PIPE, text=True, env=dict(
+      os.environ, JAX_PLATFORMS='cpu', JAX_NUM_CPU_DEVICES='1', SLURM_JOB_ID=str(40000 + os.getpid() % 4096),
+      SLURM_STEP_NODELIST='localhost', SLURM_NTASKS='2', SLURM_PROCID=str(i), SLURM_LOCALID=str(i)))
+      for i in range(2)]
+  try:
+    outputs = sorted(task.communicate(timeout=120)[0].split()[-3:] for task in tasks)
+  finally:
+    for task in tasks:
+      task.kill()
+  assert outputs == [['0', '2', '2'], ['1', '2', '2']]
