@@ -1,34 +1,59 @@
-"""Small file helpers: atomic writes, so a crash never leaves a half-written file behind."""
+"""Small file helpers for local and gs:// paths: atomic writes, so a crash never leaves a half file."""
 
 from __future__ import annotations
 
 import json
 import os
-import pathlib
 import tempfile
 from typing import Any
 
+from etils import epath
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-  """Write `text` to `path` via a temporary file in the same folder and an atomic rename."""
-  path = pathlib.Path(path)
+
+def write_atomically(path: str | os.PathLike, data: bytes) -> None:
+  """Replace `path` with `data` so that readers see the old or the new file, never a partial one."""
+  path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+  if '://' in str(path):
+    # Object stores (gs://) publish an object only once its upload completes: already atomic.
+    path.write_bytes(data)
+    return
+  fd, tmp = tempfile.mkstemp(dir=os.fspath(path.parent), prefix=f'.{path.name}.', suffix='.tmp')
   try:
-    with os.fdopen(fd, 'w') as f:
-      f.write(text)
+    with os.fdopen(fd, 'wb') as f:
+      umask = os.umask(0)
+      os.umask(umask)
+      os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp's 0600 would hide results from collaborators
+      f.write(data)
       f.flush()
       os.fsync(f.fileno())
-    os.replace(tmp, path)
+    os.replace(tmp, os.fspath(path))
   except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
+    if os.path.exists(tmp):
+      os.unlink(tmp)
     raise
+  # Make the rename itself durable; not every filesystem lets a directory be fsynced.
+  try:
+    dir_fd = os.open(os.fspath(path.parent), os.O_RDONLY)
+  except OSError:
+    return
+  try:
+    os.fsync(dir_fd)
+  except OSError:
+    pass
+  finally:
+    os.close(dir_fd)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-  atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + '\n')
+  write_atomically(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + '\n').encode())
 
 
 def read_json(path: str | os.PathLike) -> Any:
-  with open(path) as f:
-    return json.load(f)
+  return json.loads(epath.Path(path).read_text())
+
+
+def run_path(path: str | os.PathLike) -> epath.Path:
+  """A workdir as an absolute epath.Path: local folders and gs:// buckets alike."""
+  text = os.fspath(path)
+  return epath.Path(text if '://' in text else os.path.abspath(text))

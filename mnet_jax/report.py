@@ -12,12 +12,12 @@ import io
 import json
 import math
 import os
-import tempfile
 from typing import Any
 
 from etils import epath
 
 from mnet_jax import architecture
+from mnet_jax.fileio import write_atomically
 
 # One row per sweep point, in this column order; extra keys a caller adds are kept after these.
 COLUMNS = ('name', 'alpha', 'resolution', 'rho', 'variant', 'dataset', 'mult_adds', 'params', 'top1', 'top5',
@@ -57,41 +57,6 @@ def _plain(value: Any) -> Any:
   if isinstance(value, float) and not math.isfinite(value):
     return None
   return value
-
-
-def write_atomically(path: str | os.PathLike, data: bytes) -> None:
-  """Replace `path` with `data` so that readers see the old or the new file, never a partial one."""
-  path = epath.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  if '://' in str(path):
-    # Object stores (gs://) publish an object only once its upload completes: already atomic.
-    path.write_bytes(data)
-    return
-  fd, tmp = tempfile.mkstemp(dir=os.fspath(path.parent), prefix=f'.{path.name}.', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      umask = os.umask(0)
-      os.umask(umask)
-      os.fchmod(f.fileno(), 0o666 & ~umask)  # mkstemp's 0600 would hide results from collaborators
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, os.fspath(path))
-  except BaseException:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
-    raise
-  # Make the rename itself durable; not every filesystem lets a directory be fsynced.
-  try:
-    dir_fd = os.open(os.fspath(path.parent), os.O_RDONLY)
-  except OSError:
-    return
-  try:
-    os.fsync(dir_fd)
-  except OSError:
-    pass
-  finally:
-    os.close(dir_fd)
 
 
 def write_results(workdir: str | os.PathLike, rows: list[dict[str, Any]]) -> list[epath.Path]:

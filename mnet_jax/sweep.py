@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import pathlib
 import re
 import statistics
 import time
@@ -19,9 +18,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+from etils import epath
 
 from mnet_jax import architecture, cost, input_pipeline, plot, report, train
-from mnet_jax.fileio import atomic_write_json, read_json
+from mnet_jax.fileio import atomic_write_json, read_json, run_path
 
 _NAME = re.compile(r'(?:(?P<variant>[a-z]+)_)?a(?P<alpha>[0-9.]+)_r(?P<resolution>[0-9]+)')
 
@@ -58,22 +58,27 @@ def _numbers(text: str, kind: type) -> list:
 
 
 def expand_points(sweep: ml_collections.ConfigDict) -> list[Point]:
-  """The points of a sweep: explicit `points` names, else variants × alphas × resolutions; then `only`."""
+  """All points of a sweep: explicit `points` names, else variants × alphas × resolutions."""
   if sweep.points:
     points = [parse_point(n) for n in sweep.points.split(',') if n.strip()]
   else:
     points = [parse_point(Point(v, a, r).name) for v, a, r in itertools.product(
         [v.strip() for v in sweep.variants.split(',') if v.strip()],
         _numbers(sweep.alphas, float), _numbers(sweep.resolutions, int))]
-  if sweep.only:
-    wanted = {parse_point(n).name for n in sweep.only.split(',') if n.strip()}
-    unknown = wanted - {p.name for p in points}
-    if unknown:
-      raise ValueError(f'sweep.only names points not in the sweep: {", ".join(sorted(unknown))}')
-    points = [p for p in points if p.name in wanted]
   if not points:
     raise ValueError('the sweep has no points')
   return list(dict.fromkeys(points))
+
+
+def selected_points(sweep: ml_collections.ConfigDict, points: list[Point]) -> list[Point]:
+  """The points this invocation runs: all, or those named in `sweep.only` (e.g. one per TPU slice)."""
+  if not sweep.only:
+    return points
+  wanted = {parse_point(n).name for n in sweep.only.split(',') if n.strip()}
+  unknown = wanted - {p.name for p in points}
+  if unknown:
+    raise ValueError(f'sweep.only names points not in the sweep: {", ".join(sorted(unknown))}')
+  return [p for p in points if p.name in wanted]
 
 
 def point_config(config: ml_collections.ConfigDict, point: Point) -> ml_collections.ConfigDict:
@@ -115,7 +120,7 @@ def _row(point: Point, config: ml_collections.ConfigDict, num_classes: int, **fi
   return row
 
 
-def run_point(config: ml_collections.ConfigDict, point: Point, run_dir: pathlib.Path) -> dict[str, Any]:
+def run_point(config: ml_collections.ConfigDict, point: Point, run_dir: epath.Path) -> dict[str, Any]:
   """Train (or resume) one point; returns its row. Errors are recorded, not raised."""
   run = point_config(config, point)
   num_classes = input_pipeline.dataset_info(run.data).num_classes
@@ -139,24 +144,27 @@ def run_point(config: ml_collections.ConfigDict, point: Point, run_dir: pathlib.
   return row
 
 
-def finished_row(run_dir: pathlib.Path) -> dict[str, Any] | None:
+def finished_row(run_dir: epath.Path, any_status: bool = False) -> dict[str, Any] | None:
+  """The row a point's run left behind: only a finished one, unless `any_status`."""
   path = run_dir / 'row.json'
   if not path.exists():
     return None
   row = read_json(path)
-  return row if row.get('status') == 'done' else None
+  return row if any_status or row.get('status') == 'done' else None
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> int:
   """Run every point of the sweep; write results.csv/json and figures. Returns 0, or 1 if a point failed."""
-  workdir = pathlib.Path(workdir)
+  workdir = run_path(workdir)
   points = expand_points(config.sweep)
-  for point in points:  # bad input is reported before anything runs
+  selected = selected_points(config.sweep, points)
+  for point in selected:  # bad input is reported before anything runs
     train.create_model(point_config(config, point).model, 2).check()
   num_classes = input_pipeline.dataset_info(config.data).num_classes
+  # The table covers the whole grid, so slices that each run one point never overwrite each other's rows.
   rows = {p.name: finished_row(workdir / p.name) for p in points}
-  todo = [p for p in points if rows[p.name] is None]
-  train.log(f'[sweep] {len(points)} points, {len(points) - len(todo)} already done, {len(todo)} to run, '
+  todo = [p for p in selected if rows[p.name] is None]
+  train.log(f'[sweep] {len(selected)} points, {len(selected) - len(todo)} already done, {len(todo)} to run, '
             f'in {workdir}')
   seconds_per_work, spent, done_work = None, 0.0, 0.0
   for index, point in enumerate(todo):
@@ -168,13 +176,14 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> int:
     spent += time.time() - start
     done_work += work[0]
     seconds_per_work = spent / done_work
-  table = [rows[p.name] or _row(p, config, num_classes) for p in points]
+  table = [rows[p.name] or finished_row(workdir / p.name, any_status=True) or _row(p, config, num_classes)
+           for p in points]
   if jax.process_index() == 0:
     report.write_results(workdir, table)
     figures = plot.make_figures(table, workdir, dataset=config.data.name)
     print(report.format_table(table), flush=True)
     print(f'[sweep] results: {workdir / "results.csv"}; figures: {", ".join(map(str, figures))}', flush=True)
-  failed = [r['name'] for r in table if r['status'] != 'done']
+  failed = [r['name'] for r in table if r['status'] == 'failed' and parse_point(r['name']) in selected]
   if failed:
     train.log(f'[sweep] {len(failed)} point(s) failed: {", ".join(failed)}; rerun the same command to retry them')
   return 1 if failed else 0

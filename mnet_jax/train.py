@@ -10,7 +10,6 @@ position, since the input pipeline is a pure function of (seed, step).
 from __future__ import annotations
 
 import functools
-import pathlib
 import signal
 import time
 from typing import Any
@@ -22,11 +21,12 @@ import ml_collections
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mnet_jax import cost, input_pipeline, optim
-from mnet_jax.fileio import atomic_write_json, read_json
+from mnet_jax.fileio import atomic_write_json, read_json, run_path
 from mnet_jax.metric_writer import MetricWriter
 from mnet_jax.models import MobileNetV1
 
@@ -143,7 +143,7 @@ def comparable_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return saved
 
 
-def check_saved_config(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> None:
+def check_saved_config(workdir: epath.Path, config: ml_collections.ConfigDict) -> None:
   """Refuse to resume a run dir whose saved config differs (unless allowed)."""
   path = workdir / 'config.json'
   wanted = read_json_roundtrip(comparable_config(config))
@@ -201,7 +201,7 @@ def any_process(flag: bool) -> bool:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Train one MobileNet per `config` in `workdir` (resuming if possible); return results.json's content."""
-  workdir = pathlib.Path(workdir)
+  workdir = run_path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   check_saved_config(workdir, config)
   info = input_pipeline.dataset_info(config.data)
@@ -225,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   state_shapes = jax.eval_shape(init_fn)
 
   checkpoints = ocp.CheckpointManager(
-      (workdir / 'checkpoints').absolute(),
+      workdir / 'checkpoints',
       options=ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep, create=True))
   latest = checkpoints.latest_step()
   if latest is not None:
