@@ -12,7 +12,6 @@ import itertools
 import re
 import statistics
 import time
-import traceback
 from typing import Any
 
 import jax
@@ -133,9 +132,6 @@ def run_point(config: ml_collections.ConfigDict, point: Point, run_dir: epath.Pa
   except Exception as e:  # noqa: BLE001 - one failing point must not stop the study
     error = f'{type(e).__name__}: {e}'
     train.log(f'[sweep] {point.name} FAILED: {error}')
-    if jax.process_index() == 0:
-      atomic_write_json(run_dir / 'results.json', {'status': 'failed', 'error': error,
-                                                   'traceback': traceback.format_exc()})
     row = _row(point, run, num_classes, status='failed', error=error)
   finally:
     jax.clear_caches()  # compiled programs of other shapes are not needed any more

@@ -25,7 +25,7 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mnet_jax import cost, input_pipeline, optim
+from mnet_jax import architecture, cost, input_pipeline, optim
 from mnet_jax.fileio import atomic_write_json, read_json, run_path
 from mnet_jax.metric_writer import MetricWriter
 from mnet_jax.models import MobileNetV1
@@ -199,40 +199,91 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
 
 
+def _make_workdir(workdir: epath.Path) -> None:
+  try:
+    workdir.mkdir(parents=True, exist_ok=True)
+    probe = workdir / '.write_test'
+    probe.write_text('')
+    probe.unlink()
+  except OSError as e:
+    raise ValueError(f'cannot write to workdir {workdir}: {e.strerror or e}') from None
+
+
+def num_train_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> tuple[int, int]:
+  """(steps per epoch, total steps) of a run."""
+  steps_per_epoch = max(1, num_train_examples // config.batch_size)
+  if config.get('num_train_steps', -1) > 0:
+    return steps_per_epoch, config.num_train_steps
+  return steps_per_epoch, max(1, int(config.num_epochs * steps_per_epoch))
+
+
+def restore_newest_good(checkpoints: ocp.CheckpointManager, target: Any, workdir: epath.Path) -> Any:
+  """The newest checkpoint that restores and is finite; damaged ones are moved aside with a warning."""
+  for step in sorted(checkpoints.all_steps(), reverse=True):
+    try:
+      state = checkpoints.restore(step, args=ocp.args.StandardRestore(target))
+      if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.params)):
+        raise ValueError('non-finite parameters')
+      log(f'[train] resumed from checkpoint at step {step} in {workdir}')
+      return state
+    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped, not fatal
+      log(f'[train] WARNING: skipping damaged checkpoint at step {step} ({type(e).__name__}: {e}); '
+          f'moved to {workdir / "damaged_checkpoints"}')
+      if jax.process_index() == 0:
+        (workdir / 'damaged_checkpoints').mkdir(exist_ok=True)
+        (workdir / 'checkpoints' / str(step)).rename(workdir / 'damaged_checkpoints' / f'{step}-{int(time.time())}')
+      checkpoints.reload()
+  return None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Train one MobileNet per `config` in `workdir` (resuming if possible); return results.json's content."""
-  workdir = run_path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
-  check_saved_config(workdir, config)
+  """Train one MobileNet per `config` in `workdir` (resuming if possible); return results.json's content.
+
+  Bad configs raise ValueError before anything is written. A run that fails leaves
+  `results.json` with status 'failed' and the error; its checkpoints stay as they were.
+  """
   info = input_pipeline.dataset_info(config.data)
   model = create_model(config.model, info.num_classes)
   model.check()
-  resolution = config.model.resolution
-  mesh = make_mesh()
-  if config.batch_size % jax.device_count():
-    raise ValueError(f'batch_size {config.batch_size} is not divisible by the {jax.device_count()} devices')
-  steps_per_epoch = max(1, info.num_train // config.batch_size)
-  total_steps = (config.num_train_steps if config.get('num_train_steps', -1) > 0
-                 else max(1, int(config.num_epochs * steps_per_epoch)))
-  schedule = optim.learning_rate_schedule(config.optim, config.batch_size, steps_per_epoch, total_steps)
+  architecture.check_resolution(config.model.resolution)
+  if config.batch_size < 1 or config.batch_size % jax.device_count():
+    raise ValueError(f'batch_size {config.batch_size} is not a positive multiple of the '
+                     f'{jax.device_count()} devices')
+  workdir = run_path(workdir)
+  _make_workdir(workdir)
+  check_saved_config(workdir, config)
+  try:
+    return _train(config, workdir, model, info)
+  except Preempted:
+    raise
+  except Exception as e:
+    if jax.process_index() == 0:
+      atomic_write_json(workdir / 'results.json', {'status': 'failed', 'error': f'{type(e).__name__}: {e}',
+                                                   'config': config.to_dict()})
+    raise
 
+
+def _train(config: ml_collections.ConfigDict, workdir: epath.Path, model: MobileNetV1,
+           info: input_pipeline.DatasetInfo) -> dict[str, Any]:
+  resolution = config.model.resolution
+  steps_per_epoch, total_steps = num_train_steps(config, info.num_train)
+  schedule = optim.learning_rate_schedule(config.optim, config.batch_size, steps_per_epoch, total_steps)
+  mesh = make_mesh()
   replicated = NamedSharding(mesh, P())
   data_sharding = NamedSharding(mesh, P('data'))
   abstract = jax.eval_shape(lambda: init_state(model, optax.identity(), resolution, config.seed, False))
   tx = optim.create_optimizer(config.optim, abstract.params, schedule)
   init_fn = jax.jit(functools.partial(init_state, model, tx, resolution, config.seed,
                                       bool(config.optim.ema_decay)), out_shardings=replicated)
-  state_shapes = jax.eval_shape(init_fn)
 
   checkpoints = ocp.CheckpointManager(
       workdir / 'checkpoints',
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep, create=True))
-  latest = checkpoints.latest_step()
-  if latest is not None:
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), state_shapes)
-    state = checkpoints.restore(latest, args=ocp.args.StandardRestore(target))
-    log(f'[train] resumed from checkpoint at step {latest} in {workdir}')
-  else:
+      options=ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep, create=True,
+                                           cleanup_tmp_directories=True))
+  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
+                        jax.eval_shape(init_fn))
+  state = restore_newest_good(checkpoints, target, workdir)
+  if state is None:
     state = init_fn()
   start_step = int(jax.device_get(state.step))
 
@@ -256,39 +307,36 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       config.data, global_batch_size=config.batch_size, resolution=resolution, seed=config.seed,
       start_step=start_step)
   t_start = time.time()
-  timed_steps, timed_seconds = 0, 0.0
-  t_mark, step_mark = None, start_step
+  timer = _Throughput(config.batch_size, start_step)
+  unchecked: list[tuple[int, jax.Array]] = []  # (step, finite flag) not yet read back from the device
   step = start_step
-  eval_metrics: dict[str, float] = {}
   with _Preemption() as preemption:
     while step < total_steps:
       state, metrics = step_fn(state, global_batch(next(batches), data_sharding))
       step += 1
+      unchecked.append((step, metrics['finite']))
       at_log = step % config.log_every_steps == 0 or step == total_steps
-      if at_log or step == start_step + 1:
+      at_checkpoint = step % config.checkpoint_every_steps == 0 or step == total_steps
+      if at_log or at_checkpoint or step == start_step + 1:
+        _check_finite(unchecked)  # never checkpoint or report a diverged state
+        timer.mark(step)
+      if at_log:
         metrics = jax.device_get(metrics)
-        if not metrics['finite']:
-          raise NonFiniteLossError(f'non-finite loss or gradient at step {step} (loss {metrics["loss"]})')
-        now = time.time()
-        if t_mark is not None:  # the first step (compilation) is not timed
-          timed_steps += step - step_mark
-          timed_seconds += now - t_mark
-        t_mark, step_mark = now, step
-        img_s = timed_steps * config.batch_size / timed_seconds if timed_seconds else float('nan')
-        if at_log:
-          eta = (total_steps - step) * config.batch_size / img_s if timed_seconds else float('nan')
-          log(f'[train] step {step}/{total_steps} ({100 * step / total_steps:.0f}%) '
-              f'loss {metrics["loss"]:.3f} acc {metrics["accuracy"]:.3f} '
-              f'lr {metrics["learning_rate"]:.4f} {img_s:.1f} img/s ETA {_duration(eta)}')
-          writer.write(step, {k: v for k, v in metrics.items() if k != 'finite'} | {'img_s': img_s})
+        img_s = timer.img_s()
+        eta = (total_steps - step) * config.batch_size / img_s if img_s else float('nan')
+        log(f'[train] step {step}/{total_steps} ({100 * step / total_steps:.0f}%) '
+            f'loss {metrics["loss"]:.3f} acc {metrics["accuracy"]:.3f} '
+            f'lr {metrics["learning_rate"]:.4f} {img_s:.1f} img/s ETA {_duration(eta)}')
+        writer.write(step, {k: v for k, v in metrics.items() if k != 'finite'} | {'img_s': img_s})
       if config.eval_every_steps and step % config.eval_every_steps == 0 and step < total_steps:
         eval_metrics = evaluate(config, state, eval_fn, data_sharding)
         log(f'[eval] step {step}: top-1 {eval_metrics["top1"]:.4f} top-5 {eval_metrics["top5"]:.4f}')
         writer.write(step, {'eval_top1': eval_metrics['top1'], 'eval_top5': eval_metrics['top5']})
-        t_mark = None  # eval time is not training time
-      if step % config.checkpoint_every_steps == 0 or step == total_steps:
+        timer.pause()  # eval time is not training time
+      if at_checkpoint:
         checkpoints.save(step, args=ocp.args.StandardSave(state))
       if any_process(preemption.requested):
+        _check_finite(unchecked)
         checkpoints.save(step, args=ocp.args.StandardSave(state), force=True)
         checkpoints.wait_until_finished()
         raise Preempted(f'SIGTERM received: checkpoint saved at step {step}; rerun the same command to resume')
@@ -304,13 +352,42 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       'variant': config.model.variant, 'dataset': config.data.name,
       'mult_adds': model_cost.mult_adds, 'params': model_cost.params,
       'top1': eval_metrics['top1'], 'top5': eval_metrics['top5'], 'eval_examples': eval_metrics['eval_examples'],
-      'steps': total_steps, 'train_img_s': (timed_steps * config.batch_size / timed_seconds
-                                            if timed_seconds else None),
-      'wall_s': time.time() - t_start, 'status': 'done', 'config': config.to_dict(),
+      'steps': total_steps, 'train_img_s': timer.img_s() or None,
+      'wall_s': time.time() - t_start, 'status': 'done', 'error': None, 'config': config.to_dict(),
   }
   if jax.process_index() == 0:
     atomic_write_json(workdir / 'results.json', results)
   return results
+
+
+def _check_finite(unchecked: list[tuple[int, jax.Array]]) -> None:
+  """Raise NonFiniteLossError naming the first diverged step; clears `unchecked`."""
+  for step, finite in unchecked:
+    if not bool(jax.device_get(finite)):
+      raise NonFiniteLossError(f'non-finite loss or gradient at step {step}; '
+                               'the last good checkpoint is kept')
+  unchecked.clear()
+
+
+class _Throughput:
+  """Training images per second, excluding the first step (compilation) and evaluation pauses."""
+
+  def __init__(self, batch_size: int, step: int):
+    self.batch_size, self.steps, self.seconds = batch_size, 0, 0.0
+    self._mark: tuple[float, int] | None = None
+
+  def mark(self, step: int) -> None:
+    now = time.time()
+    if self._mark is not None:
+      self.steps += step - self._mark[1]
+      self.seconds += now - self._mark[0]
+    self._mark = (now, step)
+
+  def pause(self) -> None:
+    self._mark = None
+
+  def img_s(self) -> float:
+    return self.steps * self.batch_size / self.seconds if self.seconds else 0.0
 
 
 def _duration(seconds: float) -> str:
