@@ -11,6 +11,8 @@ import os
 import sys
 import traceback
 
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only feeds data here: hide its start-up log
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -67,8 +69,26 @@ def main(argv: list[str]) -> int:
     return 1
 
 
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl + config_flags parsing, with every mistake reported as one line and exit code 2."""
+  try:
+    remaining = FLAGS(argv)
+    FLAGS.config.to_dict()  # loads the config file and applies the overrides now
+    return remaining
+  except (AttributeError, KeyError) as e:
+    print(f'error: unknown config field {str(e).strip(chr(34))} (check the --config.* overrides)',
+          file=sys.stderr)
+  except Exception as e:  # noqa: BLE001 - flag, file and config errors all end here
+    if '--verbose' in argv:
+      traceback.print_exc()
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    print(f'error: {lines[-1] if lines else type(e).__name__}', file=sys.stderr)
+  sys.exit(USAGE_ERROR)
+
+
 def run() -> None:
-  app.run(lambda argv: sys.exit(main(argv)))
+  argv = _parse_flags(sys.argv)
+  app.run(lambda _: sys.exit(main(argv)), argv=[sys.argv[0]])
 
 
 if __name__ == '__main__':

@@ -199,6 +199,17 @@ def any_process(flag: bool) -> bool:
   return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
 
 
+def prepared_dataset_info(data: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
+  """Dataset facts; process 0 prepares an embedded dataset first so hosts sharing a disk do not race."""
+  if jax.process_count() == 1:
+    return input_pipeline.dataset_info(data)
+  from jax.experimental import multihost_utils
+  if jax.process_index() == 0:
+    input_pipeline.dataset_info(data)
+  multihost_utils.sync_global_devices('dataset prepared')
+  return input_pipeline.dataset_info(data)
+
+
 def _make_workdir(workdir: epath.Path) -> None:
   try:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -242,13 +253,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Bad configs raise ValueError before anything is written. A run that fails leaves
   `results.json` with status 'failed' and the error; its checkpoints stay as they were.
   """
-  info = input_pipeline.dataset_info(config.data)
-  model = create_model(config.model, info.num_classes)
-  model.check()
+  create_model(config.model, 1).check()
   architecture.check_resolution(config.model.resolution)
   if config.batch_size < 1 or config.batch_size % jax.device_count():
     raise ValueError(f'batch_size {config.batch_size} is not a positive multiple of the '
                      f'{jax.device_count()} devices')
+  info = prepared_dataset_info(config.data)
+  model = create_model(config.model, info.num_classes)
   workdir = run_path(workdir)
   _make_workdir(workdir)
   check_saved_config(workdir, config)
