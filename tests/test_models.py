@@ -193,7 +193,9 @@ def test_variants_run(images, variant):
 
 
 def test_bfloat16_compute_with_float32_params(small_model, images):
+  # The grouped depthwise: XLA:CPU takes 3x longer to compile the shifted form in bf16.
   model, variables = small_model
+  model = model.clone(depthwise_impl='grouped')
   bf16 = model.clone(dtype=jnp.bfloat16)
   x = images(2, 48)
   # Initialising in bf16 still makes float32 parameters and statistics.
@@ -210,7 +212,7 @@ def test_bfloat16_compute_with_float32_params(small_model, images):
 
 def test_bfloat16_training_step_keeps_float32_statistics(small_model, images):
   model, variables = small_model
-  bf16 = model.clone(dtype=jnp.bfloat16)
+  bf16 = model.clone(dtype=jnp.bfloat16, depthwise_impl='grouped')
   logits, updates = jax.jit(functools.partial(bf16.apply, train=True, mutable=['batch_stats']))(
       variables, images(4, 32), rngs={'dropout': jax.random.key(2)})
   assert bool(jnp.all(jnp.isfinite(logits)))
