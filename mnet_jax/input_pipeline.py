@@ -1,0 +1,261 @@
+"""Input pipeline: TFDS datasets (or a folder of images) through tf.data, at any resolution.
+
+Training reads examples by position, not as a stream: global batch `s` holds the examples
+at positions [s * B, (s + 1) * B) of an endless sequence of epochs, each epoch a seeded
+permutation of the split (`tf.random.experimental.index_shuffle`), and process p of P takes
+the p-th slice of it. So a run resumed at step s sees exactly the data an uninterrupted
+run sees, skipping costs nothing, and the union over processes is the same whatever P is.
+Augmentation draws from stateless random ops keyed by the example's global position.
+That needs random access to the split: it is held in memory (encoded) when `cache` is set
+or for a folder of images, and read through `tfds.data_source` (ArrayRecord) otherwise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from mnet_jax import datasets
+
+# TF must not claim the accelerator memory that JAX uses.
+tf.config.set_visible_devices([], 'GPU')
+
+FOLDER = 'folder'  # data.name that reads data.folder/<split>/<label>/*.jpg|png
+_MANUAL_FILES = {'imagenet2012': 'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar'}
+_AUTOTUNE = tf.data.AUTOTUNE
+_SKIP_DECODING = {'image': tfds.decode.SkipDecoding()}
+
+
+class DatasetError(ValueError):
+  """A dataset that is unknown, unprepared or misconfigured; the message says what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  num_classes: int
+  num_train: int
+  num_eval: int
+
+
+def dataset_info(data: Any) -> DatasetInfo:
+  """Class and example counts of the configured dataset, preparing an embedded one first."""
+  builder = _builder(data)
+  return DatasetInfo(
+      num_classes=builder.info.features['label'].num_classes,
+      num_train=_num_examples(builder, data.train_split),
+      num_eval=_num_examples(builder, data.eval_split))
+
+
+def train_batches(data: Any, *, global_batch_size: int, resolution: int, seed: int, start_step: int = 0,
+                  process_index: int | None = None,
+                  process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """Endless augmented training batches: this process's slice of global batch start_step, then the next..."""
+  process_index, process_count = _process(process_index, process_count)
+  local_batch_size = _local_batch_size(global_batch_size, process_count)
+  builder = _builder(data)
+  size = _num_examples(builder, data.train_split)
+  fetch = _random_access(builder, data, data.train_split)
+  seed = tf.constant(seed, tf.int64)
+
+  def load(counter: tf.Tensor) -> dict[str, tf.Tensor]:
+    step, slot = counter // local_batch_size, counter % local_batch_size
+    position = step * global_batch_size + process_index * local_batch_size + slot
+    epoch = position // size
+    index = tf.random.experimental.index_shuffle(position % size, tf.stack([seed, epoch]), size - 1)
+    encoded, label = fetch(index)
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(tf.stack([seed, position]), 2))
+    image = _train_image(encoded, resolution, data, crop_seed)
+    image = tf.image.stateless_random_flip_left_right(image, flip_seed) if data.flip else image
+    return {'image': _scale(image), 'label': label}
+
+  counters = tf.data.Dataset.range(start_step * local_batch_size, np.iinfo(np.int64).max)
+  dataset = counters.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
+  return _numpy(dataset.batch(local_batch_size, drop_remainder=True))
+
+
+def eval_batches(data: Any, *, global_batch_size: int, resolution: int, process_index: int | None = None,
+                 process_count: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over the eval split; the last batch is padded and masked, every process yields as many batches."""
+  process_index, process_count = _process(process_index, process_count)
+  local_batch_size = _local_batch_size(global_batch_size, process_count)
+  builder = _builder(data)
+  size = _num_examples(builder, data.eval_split)
+  num_batches = math.ceil(size / global_batch_size)
+  # Example i of the split sits at global position i; this process keeps the positions
+  # of its slices and pads to num_batches full local batches with masked copies.
+  examples = _encoded_stream(builder, data.eval_split).enumerate()
+  examples = examples.filter(lambda i, _: (i % global_batch_size) // local_batch_size == process_index)
+  examples = examples.map(lambda _, example: (example['image'], example['label'], 1.0))
+  if data.cache:
+    examples = examples.cache()
+  padding = examples.take(1).map(lambda image, label, _: (image, label, 0.0)).repeat()
+  examples = examples.concatenate(padding).take(num_batches * local_batch_size)
+
+  def load(encoded: tf.Tensor, label: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
+    image = _eval_image(encoded, resolution, data.eval_crop)
+    return {'image': _scale(image), 'label': tf.cast(label, tf.int32), 'mask': tf.cast(mask, tf.float32)}
+
+  dataset = examples.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
+  return _numpy(dataset.batch(local_batch_size))
+
+
+# --- dataset access -------------------------------------------------------------------
+
+
+def _builder(data: Any) -> tfds.core.DatasetBuilder:
+  """The TFDS builder for `data`, prepared; DatasetError with one line saying what to do otherwise."""
+  if data.name == FOLDER:
+    return _folder_builder(data.folder, (data.train_split, data.eval_split))
+  try:
+    builder = tfds.builder(data.name, data_dir=data.data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise DatasetError(f'unknown TFDS dataset {data.name!r} (embedded: {datasets.DEFAULT_DATASET!r}; '
+                       f'or name {FOLDER!r} with a folder root/<split>/<label>/*.jpg)') from None
+  if builder.is_prepared():
+    return builder
+  if builder.name in datasets.EMBEDDED:
+    builder.download_and_prepare()
+    return builder
+  where = builder.data_dir
+  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+    files = _MANUAL_FILES.get(builder.name, 'the files its TFDS page lists')
+    manual_dir = os.path.join(builder.data_dir_root, 'downloads', 'manual')  # TFDS's default
+    raise DatasetError(f'{data.name} is not prepared in {where}: put {files} in {manual_dir}, then run '
+                       f'`tfds build {data.name} --data_dir={builder.data_dir_root}`')
+  raise DatasetError(f'{data.name} is not prepared in {where}: run `tfds build {data.name} '
+                     f'--data_dir={builder.data_dir_root}` where there is network access')
+
+
+def _folder_builder(root: str | None, splits: tuple[str, ...]) -> tfds.core.DatasetBuilder:
+  for split in splits:
+    if not root or not os.path.isdir(os.path.join(root, split)):
+      raise DatasetError(f'image folder {root!r} has no {split!r} subfolder: expected {root}/<split>/<label>/*.jpg')
+  return tfds.ImageFolder(root)
+
+
+def _num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
+  try:
+    return builder.info.splits[split].num_examples
+  except KeyError:
+    raise DatasetError(f'{builder.name} has no split {split!r}; it has {", ".join(builder.info.splits)}') from None
+
+
+def _encoded_stream(builder: tfds.core.DatasetBuilder, split: str) -> tf.data.Dataset:
+  """The split's examples, images still encoded, in a fixed order."""
+  read_config = tfds.ReadConfig(try_autocache=False)  # callers cache what they need themselves
+  return builder.as_dataset(split=split, shuffle_files=False, decoders=_SKIP_DECODING, read_config=read_config)
+
+
+def _random_access(builder: tfds.core.DatasetBuilder, data: Any,
+                   split: str) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+  """A tf function from example index to (encoded image, int32 label)."""
+  if data.cache or data.name == FOLDER:
+    images, labels = [], []
+    for example in _encoded_stream(builder, split).as_numpy_iterator():
+      images.append(example['image'])
+      labels.append(example['label'])
+    images = tf.constant(np.array(images, dtype=object), tf.string)
+    labels = tf.constant(np.array(labels, np.int32))
+    return lambda index: (tf.gather(images, index), tf.gather(labels, index))
+  try:
+    source = builder.as_data_source(split=split, decoders=_SKIP_DECODING)
+  except NotImplementedError as error:  # e.g. TFRecord files
+    raise DatasetError(f'{data.name} ({builder.info.file_format.value} files) has no random access: set '
+                       f'data.cache=True if its {split} split fits in memory, or rebuild it with `tfds build '
+                       f'{data.name} --file_format=array_record`') from error
+
+  def read(index: tf.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    example = source[int(index)]
+    return np.asarray(example['image'], dtype=object), np.asarray(example['label'], np.int32)
+
+  def fetch(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    encoded, label = tf.numpy_function(read, [index], (tf.string, tf.int32), stateful=False)
+    return tf.ensure_shape(encoded, []), tf.ensure_shape(label, [])
+
+  return fetch
+
+
+# --- preprocessing --------------------------------------------------------------------
+
+
+def _decode_window(encoded: tf.Tensor, window: Callable[[tf.Tensor], tf.Tensor]) -> tf.Tensor:
+  """Decode the crop `window(shape) -> [y, x, h, w]` of an image; JPEGs decode only that window."""
+
+  def jpeg() -> tf.Tensor:
+    return tf.io.decode_and_crop_jpeg(encoded, window(tf.io.extract_jpeg_shape(encoded)), channels=3)
+
+  def other() -> tf.Tensor:  # PNG, BMP, GIF
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    y, x, h, w = tf.unstack(window(tf.shape(image)))
+    return image[y:y + h, x:x + w]
+
+  return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+
+
+def _train_image(encoded: tf.Tensor, resolution: int, data: Any, seed: tf.Tensor) -> tf.Tensor:
+  """Inception-style crop: random area in [min_area, 1] and aspect ratio in aspect_range, resized."""
+
+  def window(shape: tf.Tensor) -> tf.Tensor:
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape, bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
+        min_object_covered=data.min_area, aspect_ratio_range=tuple(data.aspect_range),
+        area_range=(data.min_area, 1.0), max_attempts=10, use_image_if_no_bounding_boxes=True)
+    return tf.stack([begin[0], begin[1], size[0], size[1]])
+
+  return _resize(_decode_window(encoded, window), resolution)
+
+
+def _eval_image(encoded: tf.Tensor, resolution: int, crop_fraction: float) -> tf.Tensor:
+  """The central square of side `crop_fraction` of the shorter side, resized."""
+
+  def window(shape: tf.Tensor) -> tf.Tensor:
+    height, width = shape[0], shape[1]
+    side = tf.cast(tf.cast(tf.minimum(height, width), tf.float32) * crop_fraction, tf.int32)
+    return tf.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side])
+
+  return _resize(_decode_window(encoded, window), resolution)
+
+
+def _resize(image: tf.Tensor, resolution: int) -> tf.Tensor:
+  # Anti-aliased, so that a lower resolution really loses the fine detail (no aliasing
+  # artefacts standing in for it).
+  return tf.image.resize(image, (resolution, resolution), method='bilinear', antialias=True)
+
+
+def _scale(image: tf.Tensor) -> tf.Tensor:
+  """[0, 255] -> [-1, 1]."""
+  return tf.clip_by_value(image / 127.5 - 1.0, -1.0, 1.0)
+
+
+# --- plumbing -------------------------------------------------------------------------
+
+
+def _process(process_index: int | None, process_count: int | None) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax  # only when asked: the pipeline itself does not need JAX
+
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f'process_index {process_index} not in [0, {process_count})')
+  return process_index, process_count
+
+
+def _local_batch_size(global_batch_size: int, process_count: int) -> int:
+  if global_batch_size <= 0 or global_batch_size % process_count:
+    raise ValueError(f'global batch size {global_batch_size} must be a positive multiple of the '
+                     f'process count {process_count}')
+  return global_batch_size // process_count
+
+
+def _numpy(dataset: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+  options = tf.data.Options()
+  options.deterministic = True
+  return dataset.prefetch(_AUTOTUNE).with_options(options).as_numpy_iterator()

@@ -1,0 +1,130 @@
+"""The input pipeline on the real tiny TFDS build and on a real folder of images."""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from mnet_jax import datasets, input_pipeline
+
+
+def _data(**overrides) -> ml_collections.ConfigDict:
+  data = ml_collections.ConfigDict(dict(
+      name=datasets.TINY_DATASET, folder=None, data_dir=None, train_split='train', eval_split='test',
+      min_area=0.35, aspect_range=(3 / 4, 4 / 3), flip=True, eval_crop=0.875, shuffle_buffer=1000, cache=True))
+  data.update(overrides)
+  return data
+
+
+def _train(data, steps: int, **kwargs) -> list[dict[str, np.ndarray]]:
+  batches = input_pipeline.train_batches(data, **{'global_batch_size': 32, 'resolution': 32, 'seed': 0, **kwargs})
+  return [next(batches) for _ in range(steps)]
+
+
+def test_train_batches_shapes_ranges_and_epochs(tiny_data_dir):
+  data = _data(data_dir=tiny_data_dir)
+  assert input_pipeline.dataset_info(data) == input_pipeline.DatasetInfo(16, 320, 100)
+  batches = _train(data, 20, process_index=0, process_count=1)  # two epochs of 320
+  for batch in batches:
+    assert batch['image'].shape == (32, 32, 32, 3) and batch['image'].dtype == np.float32
+    assert batch['label'].shape == (32,) and batch['label'].dtype == np.int32
+    assert -1 <= batch['image'].min() < -0.5 and 0.5 < batch['image'].max() <= 1
+  # Each epoch is a permutation: the split has 20 images per class, so each class appears
+  # exactly 20 times per epoch; and the second epoch is ordered differently.
+  epochs = [np.concatenate([b['label'] for b in batches[e * 10:(e + 1) * 10]]) for e in range(2)]
+  for labels in epochs:
+    assert np.bincount(labels, minlength=16).tolist() == [20] * 16
+  assert not np.array_equal(epochs[0], epochs[1])
+  other_seed = _train(data, 1, seed=1, process_index=0, process_count=1)[0]
+  assert not np.array_equal(other_seed['label'], batches[0]['label'])
+
+
+def test_resuming_at_a_step_gives_the_uninterrupted_batches(tiny_data_dir):
+  data = _data(data_dir=tiny_data_dir)
+  uninterrupted = _train(data, 13, process_index=0, process_count=1)
+  resumed = _train(data, 2, start_step=11, process_index=0, process_count=1)  # crosses the epoch boundary
+  for expected, actual in zip(uninterrupted[11:], resumed, strict=True):
+    np.testing.assert_array_equal(actual['image'], expected['image'])
+    np.testing.assert_array_equal(actual['label'], expected['label'])
+
+
+def test_two_processes_split_the_same_global_batches(tiny_data_dir):
+  data = _data(data_dir=tiny_data_dir)
+  single = _train(data, 3, start_step=9, process_index=0, process_count=1)
+  halves = [_train(data, 3, start_step=9, process_index=p, process_count=2) for p in range(2)]
+  for step, batch in enumerate(single):
+    assert halves[0][step]['image'].shape[0] == 16
+    for key in ('image', 'label'):
+      np.testing.assert_array_equal(np.concatenate([halves[0][step][key], halves[1][step][key]]), batch[key])
+
+
+def test_eval_counts_every_example_once_across_processes(tiny_data_dir):
+  # eval_crop 1 at the native 64 px is (up to resampling round-off) the decoded JPEG
+  # itself, so each eval image can be matched to one image of the split as TFDS decodes it.
+  data = _data(data_dir=tiny_data_dir, eval_crop=1.0)
+  builder = tfds.builder(datasets.TINY_DATASET, data_dir=tiny_data_dir)
+  expected = np.stack([e['image'] / 127.5 - 1 for e in builder.as_dataset(split='test').as_numpy_iterator()])
+  matched, batch_counts = [], []
+  for process in range(2):
+    batches = list(input_pipeline.eval_batches(data, global_batch_size=32, resolution=64, process_index=process,
+                                               process_count=2))
+    batch_counts.append(len(batches))
+    for batch in batches:
+      assert batch['image'].shape == (16, 64, 64, 3) and set(np.unique(batch['mask'])) <= {0.0, 1.0}
+      for image in batch['image'][batch['mask'] == 1]:
+        distance = np.abs(expected - image).max(axis=(1, 2, 3))
+        assert distance.min() < 0.05
+        matched.append(int(distance.argmin()))
+  assert batch_counts == [4, 4]  # ceil(100 / 32) on every process
+  assert sorted(matched) == list(range(100))
+
+
+def _write_image(path: str, color: tuple[int, int, int], size: tuple[int, int]) -> None:
+  rng = np.random.default_rng(abs(hash(path)) % 2**32)
+  pixels = np.clip(np.array(color) + rng.integers(-20, 20, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+  Image.fromarray(pixels).save(path, quality=95)
+
+
+def test_folder_of_images(tmp_path):
+  colors = {'blue': (20, 40, 220), 'green': (30, 200, 40), 'red': (220, 30, 30)}
+  counts = {'train': 4, 'test': 3}
+  for split, count in counts.items():
+    for label, color in colors.items():
+      os.makedirs(tmp_path / split / label)
+      for i in range(count):  # non-square, mixed formats
+        _write_image(str(tmp_path / split / label / f'{i}.{"png" if i % 2 else "jpg"}'), color, (90 + 7 * i, 70))
+  data = _data(name=input_pipeline.FOLDER, folder=str(tmp_path), cache=False)
+  assert input_pipeline.dataset_info(data) == input_pipeline.DatasetInfo(3, 12, 9)
+  batch = _train(data, 1, global_batch_size=6, resolution=48, process_index=0, process_count=1)[0]
+  assert batch['image'].shape == (6, 48, 48, 3)
+  batches = list(input_pipeline.eval_batches(data, global_batch_size=4, resolution=40, process_index=0,
+                                             process_count=1))
+  assert [b['mask'].sum() for b in batches] == [4, 4, 1]
+  for batch in [*batches, _train(data, 1, global_batch_size=12, resolution=40, process_index=0, process_count=1)[0]]:
+    mask = batch.get('mask', np.ones(len(batch['label'])))
+    dominant_channel = batch['image'].mean(axis=(1, 2)).argmax(axis=-1)  # red 0, green 1, blue 2
+    expected_channel = np.array([2, 1, 0])[batch['label']]  # labels are the sorted folder names
+    assert np.all((dominant_channel == expected_channel) | (mask == 0))
+
+
+def test_unprepared_and_unknown_datasets_raise_one_clear_line(tmp_path):
+  data = _data(name='imagenet2012', data_dir=str(tmp_path))
+  with pytest.raises(input_pipeline.DatasetError) as error:
+    input_pipeline.dataset_info(data)
+  message = str(error.value)
+  assert '\n' not in message and 'ILSVRC2012_img_train.tar' in message and str(tmp_path) in message
+  with pytest.raises(input_pipeline.DatasetError, match='unknown TFDS dataset'):
+    input_pipeline.dataset_info(_data(name='no_such_dataset_anywhere', data_dir=str(tmp_path)))
+  os.makedirs(tmp_path / 'train' / 'a')
+  with pytest.raises(input_pipeline.DatasetError, match='no .validation. subfolder'):
+    input_pipeline.dataset_info(_data(name=input_pipeline.FOLDER, folder=str(tmp_path), eval_split='validation'))
+
+
+def test_uncached_tfrecord_training_explains_itself(tiny_data_dir):
+  with pytest.raises(input_pipeline.DatasetError, match='array_record'):
+    _train(_data(data_dir=tiny_data_dir, cache=False), 1, process_index=0, process_count=1)
