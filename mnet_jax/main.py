@@ -13,7 +13,7 @@ import traceback
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow only feeds data here: hide its start-up log
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -47,6 +47,7 @@ def main(argv: list[str]) -> int:
     return USAGE_ERROR
   from mnet_jax import input_pipeline, sweep, train  # after flag parsing: keeps --help fast
 
+  logging.set_verbosity(logging.WARNING)  # library chatter (Orbax, TFDS) would drown the progress lines
   config = FLAGS.config
   try:
     _initialize_jax(config)

@@ -69,7 +69,8 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 
 
 def make_mesh() -> Mesh:
-  return jax.make_mesh((jax.device_count(),), ('data',))
+  # Auto axes: XLA propagates the batch sharding through the model (no sharding-in-types rules).
+  return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def init_state(model: MobileNetV1, tx: optax.GradientTransformation, resolution: int,
