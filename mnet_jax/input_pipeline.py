@@ -158,11 +158,11 @@ def _random_access(builder: tfds.core.DatasetBuilder, data: Any,
   """A tf function from example index to (encoded image, int32 label)."""
   if data.cache or data.name == FOLDER:
     images, labels = [], []
-    for example in _encoded_stream(builder, split).as_numpy_iterator():
-      images.append(example['image'])
-      labels.append(example['label'])
-    images = tf.constant(np.array(images, dtype=object), tf.string)
-    labels = tf.constant(np.array(labels, np.int32))
+    for chunk in _encoded_stream(builder, split).batch(4096).as_numpy_iterator():  # batched: far fewer Python steps
+      images.append(chunk['image'])
+      labels.append(chunk['label'])
+    images = tf.constant(np.concatenate(images), tf.string)
+    labels = tf.constant(np.concatenate(labels).astype(np.int32))
     return lambda index: (tf.gather(images, index), tf.gather(labels, index))
   try:
     source = builder.as_data_source(split=split, decoders=_SKIP_DECODING)
