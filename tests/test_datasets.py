@@ -1,4 +1,5 @@
-"""The embedded dataset: a real TFDS build of the tiny config, deterministic from its seed."""
+"""The embedded dataset: a real TFDS build of the tiny config, deterministic from its seed;
+its textures survive or blur away with the resolution as promised."""
 
 from __future__ import annotations
 
@@ -36,3 +37,29 @@ def test_build_is_deterministic_from_its_seed(tiny_data_dir, tmp_path):
   assert procedural.example(0, 'train', 7, 64) == same
   assert procedural.example(1, 'train', 7, 64)[0] != same[0]  # another seed, another image
   assert procedural.example(0, 'test', 7, 64)[0] != same[0]  # splits do not share images
+
+
+def _centre_contrast(encoded: bytes, size: int) -> float:
+  """Std of the grey levels in the central patch after an anti-aliased resize to `size` px (PIL, not TF)."""
+  image = Image.open(io.BytesIO(encoded)).convert('L')
+  if image.size[0] != size:
+    image = image.resize((size, size), Image.BILINEAR)  # PIL widens the filter when shrinking
+  pixels = np.asarray(image, np.float32)
+  centre, half = size // 2, size // 10
+  return float(pixels[centre - half:centre + half, centre - half:centre + half].std())
+
+
+def test_fine_textures_blur_away_at_low_resolution_and_coarse_ones_do_not():
+  # Disks (classes 0-3) cover the image centre. Mean over a few images of each class.
+  def contrast(texture: str, size: int) -> float:
+    label = procedural.CLASS_NAMES.index(f'disk_{texture}')
+    indices = [label + procedural.NUM_CLASSES * k for k in range(6)]
+    return float(np.mean([_centre_contrast(procedural.example(0, 'test', i, 128)[0], size) for i in indices]))
+
+  flat = contrast('flat', 128)
+  for texture in ('coarse_stripes', 'medium_checks', 'fine_stripes'):
+    assert contrast(texture, 128) > 20 + 5 * flat  # every texture is plainly visible at the native 128 px
+  assert contrast('coarse_stripes', 32) > 0.6 * contrast('coarse_stripes', 128)
+  assert contrast('fine_stripes', 32) < 0.1 * contrast('fine_stripes', 128)
+  # Graded: at 64 px the fine stripes are weakened but still there.
+  assert 0.2 * contrast('fine_stripes', 128) < contrast('fine_stripes', 64) < 0.8 * contrast('fine_stripes', 128)

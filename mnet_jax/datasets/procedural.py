@@ -1,10 +1,13 @@
 """Procedural images of the embedded dataset: textured shapes, rendered with numpy only.
 
-A class is a (shape, texture) pair. Shapes are visible at any resolution; the textures
-differ in spatial frequency, so the fine ones blur into each other (and into a flat fill)
-when an image is shrunk: lowering the input resolution costs accuracy, as on ImageNet.
-Position, size, rotation, stripe orientation and period, colours, background and noise
-vary per image. Every image is a pure function of (seed, split, index).
+A class is a (shape, texture) pair. The object is large and near the centre, so a crop
+of half the image still shows its shape and texture. Shapes are visible at any input
+resolution; the textures are luminance patterns of graded spatial frequency (coarse,
+medium, fine), so when an image is shrunk with anti-aliasing the fine ones, then the
+medium ones, blur into a flat fill: lowering the input resolution costs accuracy, as on
+ImageNet. Colours, rotation, position, size, the texture's orientation and period, a
+faint background gradient, a few flat distractor blobs and pixel noise vary per image.
+Every image is a pure function of (seed, split, index).
 """
 
 from __future__ import annotations
@@ -17,19 +20,23 @@ import numpy as np
 from PIL import Image
 
 SHAPES = ('disk', 'square', 'triangle', 'ring')
-# Texture periods in native pixels (at 128 px; scaled with the image size). The 'fine'
-# ones sit around the Nyquist limit of a 32-64 px view of the image, 'coarse' far above.
+# Texture periods in native pixels at 128 px (scaled with the image size). The eval view
+# of a 128 px image at input resolution r has 112 / r native pixels per input pixel, and
+# a period below ~2.5 input pixels is mostly filtered out by the anti-aliased resize:
+# 'fine' survives at >= 64-80 px, 'medium' at >= 40-48 px, 'coarse' everywhere. The
+# ranges make the loss gradual rather than a step at one resolution.
 TEXTURES = {
     'flat': None,
-    'coarse_stripes': (14.0, 22.0),
-    'fine_stripes': (3.5, 8.0),
-    'fine_checks': (4.0, 9.0),
+    'coarse_stripes': (14.0, 20.0),
+    'medium_checks': (6.5, 10.0),
+    'fine_stripes': (3.5, 5.5),
 }
 CLASS_NAMES = tuple(f'{shape}_{texture}' for shape in SHAPES for texture in TEXTURES)
 NUM_CLASSES = len(CLASS_NAMES)
 SPLIT_CODES = {'train': 0, 'test': 1}
 _REFERENCE_SIZE = 128
 JPEG_QUALITY = 92
+_NUM_DISTRACTORS = (0, 4)  # flat blobs in the background: [low, high)
 
 
 def label_of(index: int) -> int:
@@ -41,33 +48,33 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
   return rgb @ np.array([0.299, 0.587, 0.114])
 
 
-def _background(rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray) -> np.ndarray:
-  """A smooth two-colour gradient in a random direction."""
-  c0, c1 = rng.uniform(0.0, 1.0, (2, 3)).astype(np.float32)
-  angle = float(rng.uniform(0, 2 * np.pi))
-  t = (np.cos(angle) * xx + np.sin(angle) * yy) * 0.5 + 0.5  # xx, yy in [-1, 1]
-  t = np.clip(t, 0, 1)[..., None]
-  return c0 + (c1 - c0) * t
-
-
 def _shape_distance(shape: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
   """Signed distance (in object radii, negative inside) of the canonical shape."""
   if shape == 'disk':
-    return np.sqrt(u * u + v * v) - 1.0
+    return np.sqrt(u * u + v * v) - 0.9
   if shape == 'square':
-    return np.maximum(np.abs(u), np.abs(v)) - 0.82
+    return np.maximum(np.abs(u), np.abs(v)) - 0.75
   if shape == 'triangle':
     angles = np.pi / 2 + 2 * np.pi * np.arange(3) / 3  # outward edge normals
-    return np.max(np.stack([float(np.cos(a)) * u + float(np.sin(a)) * v for a in angles]), axis=0) - 0.55
+    return np.max(np.stack([float(np.cos(a)) * u + float(np.sin(a)) * v for a in angles]), axis=0) - 0.5
   if shape == 'ring':
-    return np.abs(np.sqrt(u * u + v * v) - 0.72) - 0.28
+    return np.abs(np.sqrt(u * u + v * v) - 0.68) - 0.3
   raise ValueError(f'unknown shape {shape!r}')
 
 
+def _coverage(shape: str, x: np.ndarray, y: np.ndarray, center: np.ndarray, radius: float,
+              rotation: float) -> np.ndarray:
+  """Fraction of each pixel inside the shape: a one-pixel anti-aliased edge."""
+  dx, dy = (x - float(center[1])) / radius, (y - float(center[0])) / radius
+  cos, sin = float(np.cos(rotation)), float(np.sin(rotation))
+  u, v = cos * dx + sin * dy, cos * dy - sin * dx
+  return np.clip(0.5 - _shape_distance(shape, u, v) * radius, 0, 1)[..., None]
+
+
 def _texture(texture: str, rng: np.random.Generator, x: np.ndarray, y: np.ndarray, scale: float) -> np.ndarray:
-  """Texture weight in [0, 1] at pixel coordinates (x, y); square waves with soft edges."""
+  """Texture in [-1, 1] at pixel coordinates (x, y): square waves with soft edges, mean ~0."""
   if TEXTURES[texture] is None:
-    return np.full(x.shape, 0.5, np.float32)
+    return np.zeros(x.shape, np.float32)
   low, high = TEXTURES[texture]
   # Python floats keep the float32 arrays float32 (NumPy 2 promotion rules).
   period = float(rng.uniform(low, high)) * scale
@@ -79,7 +86,19 @@ def _texture(texture: str, rng: np.random.Generator, x: np.ndarray, y: np.ndarra
   if texture.endswith('checks'):
     wave = wave * np.sin(2 * np.pi * b / period + phase[1])
   # Sharpness ~ pixels per half period: the edge is about one pixel wide.
-  return np.clip(0.5 + wave * period / 4, 0, 1)
+  return np.clip(wave * period / 2, -1, 1)
+
+
+def _distinct_colour(rng: np.random.Generator, other: np.ndarray, low: float, high: float) -> np.ndarray:
+  """A colour in [low, high]^3 whose luminance stands off `other`'s (best of a few draws)."""
+  best = rng.uniform(low, high, 3)
+  for _ in range(8):
+    colour = rng.uniform(low, high, 3)
+    if abs(_luminance(colour) - _luminance(other)) > abs(_luminance(best) - _luminance(other)):
+      best = colour
+    if abs(_luminance(best) - _luminance(other)) > 0.25:
+      break
+  return best
 
 
 def render(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -89,32 +108,37 @@ def render(label: int, rng: np.random.Generator, size: int) -> np.ndarray:
   scale = size / _REFERENCE_SIZE
   coords = np.arange(size, dtype=np.float32) + 0.5
   y, x = np.meshgrid(coords, coords, indexing='ij')
-  image = _background(rng, y / size * 2 - 1, x / size * 2 - 1)
 
-  radius = rng.uniform(0.2, 0.34) * size
-  cy, cx = rng.uniform(radius * 0.85, size - radius * 0.85, 2)
-  rotation = rng.uniform(0, 2 * np.pi)
-  dy, dx = (y - np.float32(cy)) / np.float32(radius), (x - np.float32(cx)) / np.float32(radius)
-  cos, sin = np.float32(np.cos(rotation)), np.float32(np.sin(rotation))
-  u = cos * dx + sin * dy
-  v = cos * dy - sin * dx
-  # Coverage from the signed distance in pixels: a one-pixel anti-aliased edge.
-  coverage = np.clip(0.5 - _shape_distance(shape, u, v) * float(radius), 0, 1)[..., None]
+  # Background: a colour with a faint gradient.
+  background = rng.uniform(0.1, 0.9, 3).astype(np.float32)
+  angle = float(rng.uniform(0, 2 * np.pi))
+  ramp = ((float(np.cos(angle)) * x + float(np.sin(angle)) * y) / size - 0.5)[..., None]
+  image = background + ramp * rng.uniform(-0.15, 0.15, 3).astype(np.float32)
 
-  # Object colours: a base colour whose luminance stands off the background, and a
-  # texture contrast around it (flat objects show the base colour itself).
-  background_luminance = _luminance(image[::8, ::8]).mean()
-  base = rng.uniform(0.15, 0.85, 3)
-  for _ in range(8):
-    if abs(_luminance(base) - background_luminance) > 0.2:
-      break
-    base = rng.uniform(0.15, 0.85, 3)
-  contrast = rng.uniform(0.35, 0.6) * np.where(rng.uniform(size=3) < 0.5, -1, 1) * rng.uniform(0.6, 1.0, 3)
-  weight = _texture(texture, rng, x, y, scale)[..., None]
-  foreground = np.clip(base + (weight - 0.5) * contrast, 0, 1).astype(np.float32)
+  # Distractors: small flat blobs, mostly off the centre, that carry no class information.
+  for _ in range(int(rng.integers(*_NUM_DISTRACTORS))):
+    colour = rng.uniform(0.0, 1.0, 3).astype(np.float32)
+    center = rng.uniform(0.0, 1.0, 2) * size
+    blob_radius = float(rng.uniform(0.05, 0.1) * size)
+    # Only the blob's bounding box is touched (rendering time matters: ~20k images).
+    top, left = (max(int(c - blob_radius) - 1, 0) for c in center)
+    box = np.s_[top:int(center[0] + blob_radius) + 2, left:int(center[1] + blob_radius) + 2]
+    blob = _coverage('disk', x[box], y[box], center, blob_radius, 0.0)
+    image[box] = image[box] * (1 - blob) + colour * blob
+
+  # The object: large and near the centre, its mean colour standing off the background;
+  # the texture is a luminance pattern around that mean (flat objects show the mean itself).
+  radius = float(rng.uniform(0.36, 0.46) * size)
+  center = size / 2 + rng.uniform(-0.06, 0.06, 2) * size
+  coverage = _coverage(shape, x, y, center, radius, float(rng.uniform(0, 2 * np.pi)))
+  base = _distinct_colour(rng, background, 0.35, 0.65).astype(np.float32)
+  contrast = float(rng.uniform(0.3, 0.4))
+  tint = rng.uniform(0.8, 1.0, 3).astype(np.float32)  # slightly coloured, never inverted
+  pattern = _texture(texture, rng, x, y, scale)[..., None]
+  foreground = base + pattern * (contrast * tint)
 
   image = image * (1 - coverage) + foreground * coverage
-  image = image + rng.standard_normal(image.shape, dtype=np.float32) * 0.025
+  image = image + rng.standard_normal((size, size, 1), dtype=np.float32) * 0.02  # grey sensor noise
   return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 

@@ -32,10 +32,14 @@ class TexturedShapesConfig(tfds.core.BuilderConfig):
 
 
 class TexturedShapes(tfds.core.GeneratorBasedBuilder):
-  """16 classes of textured shapes: 4 shapes x 4 textures of different spatial frequency."""
+  """16 classes of textured shapes: 4 shapes x 4 textures (flat, coarse, medium, fine)."""
 
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'First version.'}
+  VERSION = tfds.core.Version('2.0.0')
+  RELEASE_NOTES = {
+      '1.0.0': 'First version.',
+      '2.0.0': ('Learnable in a few hundred steps: large centred objects (a half-area crop keeps the '
+                'class), luminance textures of graded frequency, fewer colour nuisances, flat distractors.'),
+  }
   BUILDER_CONFIGS = [
       TexturedShapesConfig(name='default', description='128 px, 16,000 train / 2,000 test.'),
       TexturedShapesConfig(name='tiny', description='64 px, 320 train / 100 test; for tests.',
