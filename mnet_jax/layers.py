@@ -156,11 +156,34 @@ class DepthwiseConv(nn.Module):
     return depthwise_conv(x, kernel, self.stride, self.impl)
 
 
+@jax.custom_vjp
+def pointwise_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """1x1 convolution of NHWC x with a (C_in, C_out) matrix, as one 2-D matmul.
+
+  Autodiff of the 4-D einsum gives a backward that measured 2-3x slower on XLA:CPU than
+  the two plain 2-D matmuls written here (input and kernel gradients).
+  """
+  return (x.reshape(-1, x.shape[-1]) @ kernel).reshape(*x.shape[:-1], kernel.shape[-1])
+
+
+def _pointwise_forward(x, kernel):
+  return pointwise_conv(x, kernel), (x, kernel)
+
+
+def _pointwise_backward(residuals, grad):
+  x, kernel = residuals
+  grad = grad.reshape(-1, kernel.shape[-1])
+  return (grad @ kernel.T).reshape(x.shape), x.reshape(-1, x.shape[-1]).T @ grad
+
+
+pointwise_conv.defvjp(_pointwise_forward, _pointwise_backward)
+
+
 class PointwiseConv(nn.Module):
   """1x1 convolution without bias, as a plain contraction over channels.
 
-  On XLA:CPU an einsum is a straight GEMM and measurably faster than `nn.Conv`
-  with a 1x1 window; on accelerators both lower to the same matmul.
+  On XLA:CPU a plain matmul is measurably faster than `nn.Conv` with a 1x1 window
+  (forward and backward); on accelerators both lower to the same matmul.
   """
 
   features: int
@@ -170,4 +193,5 @@ class PointwiseConv(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     kernel = self.param('kernel', self.kernel_init, (1, 1, x.shape[-1], self.features), jnp.float32)
-    return jnp.einsum('nhwc,cd->nhwd', x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+    return pointwise_conv(x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+

@@ -113,3 +113,15 @@ def test_model_paths_agree_and_share_parameters():
   # float32 through train-mode BatchNorm on 2 images: compare to each leaf's scale.
   for a, b in zip(jax.tree.leaves((grads_s, stats_s)), jax.tree.leaves((grads_g, stats_g)), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(jnp.max(jnp.abs(b))))
+
+
+
+def test_pointwise_forward_and_gradients_match_numpy():
+  kx, kk, kg = jax.random.split(jax.random.PRNGKey(5), 3)
+  x, kernel = jax.random.normal(kx, (2, 3, 5, 4)), jax.random.normal(kk, (4, 6))
+  cotangent = jax.random.normal(kg, (2, 3, 5, 6))
+  xn, kn, gn = (np.asarray(a, np.float64) for a in (x, kernel, cotangent))
+  np.testing.assert_allclose(layers.pointwise_conv(x, kernel), np.einsum('nhwc,cd->nhwd', xn, kn), rtol=1e-5, atol=1e-5)
+  grad_x, grad_kernel = jax.grad(lambda a, b: jnp.sum(layers.pointwise_conv(a, b) * cotangent), (0, 1))(x, kernel)
+  np.testing.assert_allclose(grad_x, np.einsum('nhwd,cd->nhwc', gn, kn), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(grad_kernel, np.einsum('nhwc,nhwd->cd', xn, gn), rtol=1e-5, atol=1e-5)
