@@ -57,7 +57,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim.momentum = 0.9
   config.optim.nesterov = False
   config.optim.epsilon = 1.0
-  config.optim.learning_rate = 0.045 if imagenet else 0.02  # per base_batch_size images
+  # Per base_batch_size images. With epsilon 1.0, RMSprop steps like SGD of this rate; the offline
+  # rate was measured on textured_shapes (alpha 0.5 at 64 px: 82% top-1 in 500 steps of 64).
+  config.optim.learning_rate = 0.045 if imagenet else 1.6
   config.optim.base_batch_size = 256
   config.optim.schedule = 'exponential' if imagenet else 'cosine'
   config.optim.decay_rate = 0.94

@@ -114,7 +114,7 @@ def _builder(data: Any) -> tfds.core.DatasetBuilder:
   if data.name == FOLDER:
     return _folder_builder(data.folder, (data.train_split, data.eval_split))
   try:
-    builder = tfds.builder(data.name, data_dir=data.data_dir)
+    builder = tfds.builder(data.name, data_dir=data.data_dir or None)  # '' = TFDS's default dir
   except tfds.core.registered.DatasetNotFoundError:
     raise DatasetError(f'unknown TFDS dataset {data.name!r} (embedded: {datasets.DEFAULT_DATASET!r}; '
                        f'or name {FOLDER!r} with a folder root/<split>/<label>/*.jpg)') from None

@@ -1,0 +1,192 @@
+"""End-to-end training: learning, eval counting, resume after SIGKILL, devices and hosts.
+
+Every comparison is against an independent run: an uninterrupted run, a single-device run,
+a single-process run — never the code against itself.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from mnet_jax import input_pipeline, train
+from mnet_jax.config_util import sibling
+from mnet_jax.datasets import TINY_DATASET
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / 'experiments' / 'default.py'
+STEPS = 24
+
+
+def tiny_overrides(data_dir, **extra) -> dict:
+  """A few steps of the smallest MobileNet on the tiny embedded dataset."""
+  overrides = {
+      'data.name': TINY_DATASET, 'data.data_dir': str(data_dir), 'data.shuffle_buffer': 512,
+      'model.alpha': 0.25, 'model.resolution': 32, 'batch_size': 16, 'num_train_steps': STEPS,
+      'checkpoint_every_steps': 4, 'log_every_steps': 4, 'optim.warmup_epochs': 0.0,
+  }
+  overrides.update(extra)
+  return overrides
+
+
+def make_config(overrides: dict):
+  config = sibling(str(DEFAULT_CONFIG), 'default').get_config()
+  for key, value in overrides.items():
+    *parents, leaf = key.split('.')
+    node = config
+    for parent in parents:
+      node = node[parent]
+    node[leaf] = value
+  return config
+
+
+def main_command(workdir, overrides: dict, *extra) -> list[str]:
+  args = [sys.executable, '-m', 'mnet_jax.main', f'--config={DEFAULT_CONFIG}', f'--workdir={workdir}']
+  args += [f'--config.{k}={v}' for k, v in overrides.items()]
+  return args + list(extra)
+
+
+def subprocess_env(cache_dir, devices: int = 1) -> dict:
+  env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED='1')
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env['JAX_NUM_CPU_DEVICES'] = str(devices)
+  return env
+
+
+def final_params(workdir) -> dict:
+  """The newest checkpoint's parameters as numpy arrays, read by Orbax alone onto this process's device."""
+  manager = ocp.CheckpointManager(pathlib.Path(workdir, 'checkpoints').absolute())
+  path = pathlib.Path(workdir, 'checkpoints', str(manager.latest_step()), 'default')
+  checkpointer = ocp.StandardCheckpointer()
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                        checkpointer.metadata(path).item_metadata.tree)
+  restored = checkpointer.restore(path, target)
+  return {'step': int(restored['step']), 'params': restored['params'], 'batch_stats': restored['batch_stats']}
+
+
+def flat(tree, prefix=''):
+  if isinstance(tree, dict):
+    return {k: v for key in tree for k, v in flat(tree[key], f'{prefix}{key}/').items()}
+  return {prefix.rstrip('/'): np.asarray(tree)}
+
+
+@pytest.fixture(scope='module')
+def cache_dir(tmp_path_factory):
+  return tmp_path_factory.mktemp('jax_cache')
+
+
+@pytest.fixture(scope='module')
+def one_step_reference(tiny_data_dir, cache_dir, tmp_path_factory):
+  """One step on one device. Runs of other device/process counts are compared after one step: this tiny
+  model at 32 px has 1x1 feature maps whose BatchNorm over 16 values is ill-conditioned, so reduction-order
+  round-off (3e-5 after one step) grows ~50x per step and longer runs could not tell a real difference
+  (per-device BatchNorm statistics or a wrong data slice: >5e-3 after one step) from noise."""
+  workdir = tmp_path_factory.mktemp('one_step')
+  overrides = tiny_overrides(tiny_data_dir, compilation_cache_dir=str(cache_dir), num_train_steps=1)
+  subprocess.run(main_command(workdir, overrides), check=True, env=subprocess_env(cache_dir), timeout=300)
+  return workdir, overrides
+
+
+@pytest.fixture(scope='module')
+def reference_run(tiny_data_dir, cache_dir, tmp_path_factory):
+  """An uninterrupted single-device, single-process run (a subprocess, like the others)."""
+  workdir = tmp_path_factory.mktemp('reference')
+  overrides = tiny_overrides(tiny_data_dir, compilation_cache_dir=str(cache_dir))
+  subprocess.run(main_command(workdir, overrides), check=True, env=subprocess_env(cache_dir), timeout=300)
+  return workdir, overrides
+
+
+def test_run_writes_results_metrics_and_counts_every_eval_example(reference_run, tiny_data_dir):
+  workdir, overrides = reference_run
+  results = json.loads((workdir / 'results.json').read_text())
+  info = input_pipeline.dataset_info(make_config(overrides).data)
+  assert results['status'] == 'done' and results['steps'] == STEPS
+  # The eval split (100 examples) is not a multiple of the batch (16): padded, never dropped.
+  assert results['eval_examples'] == info.num_eval == 100
+  assert 0.0 <= results['top1'] <= results['top5'] <= 1.0
+  for key in ('alpha', 'resolution', 'rho', 'variant', 'mult_adds', 'params', 'train_img_s', 'wall_s', 'config'):
+    assert key in results
+  steps = [json.loads(line)['step'] for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+  assert steps == sorted(steps) and 4 in steps and STEPS in steps
+  assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
+
+
+def test_resume_after_sigkill_ends_with_identical_parameters(reference_run, cache_dir, tmp_path):
+  ref_workdir, overrides = reference_run
+  workdir = tmp_path / 'run'
+  process = subprocess.Popen(main_command(workdir, overrides), env=subprocess_env(cache_dir),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  checkpoint = workdir / 'checkpoints' / '4'
+  deadline = time.time() + 240
+  while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert checkpoint.exists(), 'the run never wrote its first checkpoint'
+  assert not (workdir / 'results.json').exists(), 'the run finished before it was killed'
+  resumed = subprocess.run(main_command(workdir, overrides), env=subprocess_env(cache_dir),
+                           capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  assert 'resumed from checkpoint at step' in resumed.stdout
+  expected, got = flat(final_params(ref_workdir)), flat(final_params(workdir))
+  assert expected.keys() == got.keys()
+  for key in expected:
+    np.testing.assert_array_equal(got[key], expected[key], err_msg=key)  # bitwise on CPU
+
+
+def assert_close_params(got_workdir, expected_workdir):
+  expected, got = flat(final_params(expected_workdir)), flat(final_params(got_workdir))
+  assert expected.keys() == got.keys()
+  for key in expected:
+    np.testing.assert_allclose(got[key], expected[key], rtol=1e-3, atol=1e-4, err_msg=key)
+
+
+def test_four_devices_match_one_device(one_step_reference, cache_dir, tmp_path):
+  ref_workdir, overrides = one_step_reference
+  subprocess.run(main_command(tmp_path, overrides), check=True, env=subprocess_env(cache_dir, devices=4),
+                 timeout=300)
+  assert_close_params(tmp_path, ref_workdir)
+  ref, run = (json.loads((d / 'results.json').read_text()) for d in (ref_workdir, tmp_path))
+  assert run['eval_examples'] == ref['eval_examples']
+  assert abs(run['top1'] - ref['top1']) <= 0.011  # at most one example of 100 flips
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('localhost', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process(one_step_reference, cache_dir, tmp_path):
+  ref_workdir, overrides = one_step_reference
+  port = _free_port()
+  processes = [
+      subprocess.Popen(
+          main_command(tmp_path, overrides, f'--coordinator_address=localhost:{port}', '--num_processes=2',
+                       f'--process_id={i}'),
+          env=subprocess_env(cache_dir, devices=2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  outputs = [p.communicate(timeout=400)[0] for p in processes]
+  assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  assert '4 device(s), 2 process(es)' in outputs[0]
+  assert '[train]' not in outputs[1], 'only process 0 prints progress'
+  assert_close_params(tmp_path, ref_workdir)
+
+
+def test_small_model_learns_well_above_chance(tiny_data_dir, tmp_path):
+  config = make_config(tiny_overrides(
+      tiny_data_dir, num_train_steps=150, batch_size=32, checkpoint_every_steps=1000, log_every_steps=50,
+      **{'model.resolution': 48, 'model.alpha': 0.5}))
+  results = train.train_and_evaluate(config, str(tmp_path))
+  chance = 1 / 16
+  assert results['top1'] >= 3 * chance, results['top1']
