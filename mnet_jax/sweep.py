@@ -108,10 +108,12 @@ def measure_inference(config: ml_collections.ConfigDict, batch_size: int, repeat
   return {'latency_ms': 1000 * median_seconds(1), 'infer_img_s': batch_size / median_seconds(batch_size)}
 
 
-def _row(point: Point, config: ml_collections.ConfigDict, num_classes: int, **fields: Any) -> dict[str, Any]:
-  model_cost = cost.model_cost(point.alpha, point.resolution, point.variant, num_classes, config.model.min_depth)
+def _row(point: Point, run_config: ml_collections.ConfigDict, num_classes: int, **fields: Any) -> dict[str, Any]:
+  """One results-table row; `fields` may carry extra keys (e.g. results.json's config), which are dropped."""
+  model_cost = cost.model_cost(point.alpha, point.resolution, point.variant, num_classes,
+                               run_config.model.min_depth)
   row = {'name': point.name, 'alpha': point.alpha, 'resolution': point.resolution,
-         'rho': point.resolution / 224, 'variant': point.variant, 'dataset': config.data.name,
+         'rho': point.resolution / 224, 'variant': point.variant, 'dataset': run_config.data.name,
          'mult_adds': model_cost.mult_adds, 'params': model_cost.params,
          'top1': None, 'top5': None, 'latency_ms': None, 'infer_img_s': None, 'train_img_s': None,
          'wall_s': None, 'steps': None, 'status': 'pending', 'error': None}
@@ -126,7 +128,7 @@ def run_point(config: ml_collections.ConfigDict, point: Point, run_dir: epath.Pa
   try:
     results = train.train_and_evaluate(run, str(run_dir))
     timing = measure_inference(run, config.sweep.latency_batch) if config.sweep.latency_batch else {}
-    row = _row(point, run, num_classes, **results, **timing)
+    row = _row(point, run, num_classes, **{k: v for k, v in results.items() if k != 'config'}, **timing)
   except train.Preempted:
     raise
   except Exception as e:  # noqa: BLE001 - one failing point must not stop the study

@@ -186,7 +186,7 @@ def test_two_processes_match_one_process(one_step_reference, cache_dir, tmp_path
 def test_small_model_learns_well_above_chance(tiny_data_dir, tmp_path):
   config = make_config(tiny_overrides(
       tiny_data_dir, num_train_steps=150, batch_size=32, checkpoint_every_steps=1000, log_every_steps=50,
-      **{'model.resolution': 48, 'model.alpha': 0.5}))
+      **{'model.resolution': 48, 'model.alpha': 0.5, 'model.bn_momentum': 0.9}))
   results = train.train_and_evaluate(config, str(tmp_path))
   chance = 1 / 16
   assert results['top1'] >= 3 * chance, results['top1']
