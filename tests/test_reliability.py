@@ -4,8 +4,9 @@ import signal
 import subprocess
 import time
 
+import numpy as np
 import pytest
-from test_train import main_command, subprocess_env, tiny_overrides
+from test_train import final_params, flat, main_command, subprocess_env, tiny_overrides
 
 
 @pytest.mark.parametrize('override, message', [
@@ -48,3 +49,22 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tiny_data_dir, tmp_path):
   steps = [int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()]
   assert steps and min(steps) > 0
   assert not (tmp_path / 'results.json').exists()
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_previous(tiny_data_dir, tmp_path):
+  overrides = tiny_overrides(tiny_data_dir, num_train_steps=8, checkpoint_every_steps=4)
+  subprocess.run(main_command(tmp_path, overrides), env=subprocess_env(tmp_path), check=True, timeout=300,
+                 capture_output=True)
+  expected = flat(final_params(tmp_path))
+  for path in (tmp_path / 'checkpoints' / '8').rglob('*'):  # damage every data file of the newest checkpoint
+    if path.is_file() and path.stat().st_size > 64:
+      path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  (tmp_path / 'results.json').unlink()
+  result = subprocess.run(main_command(tmp_path, overrides), env=subprocess_env(tmp_path), capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'skipping damaged checkpoint at step 8' in result.stdout
+  assert 'resumed from checkpoint at step 4' in result.stdout
+  got = flat(final_params(tmp_path))
+  for key in expected:
+    np.testing.assert_array_equal(got[key], expected[key], err_msg=key)  # retrained 4 -> 8 identically
