@@ -99,7 +99,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: MobileN
   ema_params = state.ema_params
   if ema_decay:
     ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema_params, params)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
              'grad_norm': grad_norm, 'learning_rate': schedule(state.step),
              'finite': jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
