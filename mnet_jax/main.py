@@ -27,6 +27,9 @@ flags.DEFINE_bool('distributed', False,
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0 (multi-process without a cluster).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (with --coordinator_address).')
 flags.DEFINE_integer('process_id', None, 'This process (with --coordinator_address).')
+flags.DEFINE_integer('heartbeat_timeout', 100,
+                     'Seconds without a heartbeat after which a process counts as dead and the others stop '
+                     'with an error (multi-process).')
 flags.DEFINE_bool('verbose', False, 'Show full tracebacks of errors.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
@@ -37,7 +40,8 @@ def _initialize_jax(config) -> None:
   import jax
 
   if FLAGS.distributed or FLAGS.coordinator_address:
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                               heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
   cache_dir = config.get('compilation_cache_dir') or os.path.join(FLAGS.workdir, '.jax_cache')
   # Compiled programs are reused across reruns and sweep points of the same shapes.
   jax.config.update('jax_compilation_cache_dir', cache_dir)
@@ -61,16 +65,33 @@ def main(argv: list[str]) -> int:
   except train.Preempted as e:
     print(f'preempted: {e}', file=sys.stderr)
     return 143  # 128 + SIGTERM: the job did not finish, rerunning resumes it
-  except (ValueError, input_pipeline.DatasetError) as e:
+  except (ValueError, input_pipeline.DatasetError, train.DiskFullError) as e:
     if FLAGS.verbose:
       traceback.print_exc()
     print(f'error: {e}', file=sys.stderr)
     return USAGE_ERROR
   except Exception as e:  # noqa: BLE001 - one line for users, --verbose for developers
     if FLAGS.verbose:
-      raise
-    print(f'error: {type(e).__name__}: {e} (rerun with --verbose for the traceback)', file=sys.stderr)
+      traceback.print_exc()
+    message = str(e) if isinstance(e, train.TrainingError) else f'{type(e).__name__}: {e}'
+    print(f'error: {message} (rerun with --verbose for the traceback)', file=sys.stderr)
     return 1
+
+
+def _exit(code: int) -> None:
+  """Exit; after a failure in a multi-process run, at once.
+
+  A normal exit ends with JAX's shutdown barrier, which waits for every process: if one died,
+  this one would wait for the heartbeat timeout and then abort with a C++ stack trace.
+  """
+  if code and 'jax' in sys.modules:
+    import jax
+
+    if jax.distributed.is_initialized() and jax.process_count() > 1:
+      sys.stdout.flush()
+      sys.stderr.flush()
+      os._exit(code)
+  sys.exit(code)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -92,7 +113,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def run() -> None:
   argv = _parse_flags(sys.argv)
-  app.run(lambda _: sys.exit(main(argv)), argv=[sys.argv[0]])
+  app.run(lambda _: _exit(main(argv)), argv=[sys.argv[0]])
 
 
 if __name__ == '__main__':

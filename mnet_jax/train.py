@@ -9,7 +9,10 @@ position, since the input pipeline is a pure function of (seed, step).
 
 from __future__ import annotations
 
+import errno
 import functools
+import os
+import shutil
 import signal
 import time
 from typing import Any
@@ -37,6 +40,15 @@ class NonFiniteLossError(RuntimeError):
 
 class ConfigMismatchError(ValueError):
   """The run directory holds a run of a different configuration."""
+
+
+class DiskFullError(OSError):
+  """The workdir's disk (or quota) is full: the user's to fix, like bad input (exit code 2)."""
+
+
+class TrainingError(RuntimeError):
+  """A failure after training started. XLA, Gloo and TensorStore report theirs as ValueError, which
+  would otherwise read as bad input."""
 
 
 @flax.struct.dataclass
@@ -100,9 +112,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: MobileN
   if ema_decay:
     ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema_params, params)
   grad_norm = optax.tree.norm(grads)
+  # A finite gradient times a huge rate can still overflow the parameters, which would then be checkpointed.
+  params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
   metrics = {'loss': loss, 'accuracy': jnp.mean(jnp.argmax(logits, -1) == batch['label']),
              'grad_norm': grad_norm, 'learning_rate': schedule(state.step),
-             'finite': jnp.isfinite(loss) & jnp.isfinite(grad_norm)}
+             'finite': jnp.isfinite(loss) & jnp.isfinite(grad_norm) & params_finite}
   new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
                          opt_state=opt_state, ema_params=ema_params)
   return new_state, metrics
@@ -256,6 +270,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """
   create_model(config.model, 1).check()
   architecture.check_resolution(config.model.resolution)
+  # An unknown optimizer or schedule is bad input too: say so before the workdir is written.
+  optim.create_optimizer(config.optim, {}, optim.learning_rate_schedule(config.optim, 1, 1, 1))
   if config.batch_size < 1 or config.batch_size % jax.device_count():
     raise ValueError(f'batch_size {config.batch_size} is not a positive multiple of the '
                      f'{jax.device_count()} devices')
@@ -269,10 +285,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   except Preempted:
     raise
   except Exception as e:
+    failure = _failure(e, workdir)
     if jax.process_index() == 0:
-      atomic_write_json(workdir / 'results.json', {'status': 'failed', 'error': f'{type(e).__name__}: {e}',
-                                                   'config': config.to_dict()})
-    raise
+      try:
+        atomic_write_json(workdir / 'results.json', {
+            'status': 'failed', 'error': f'{type(failure).__name__}: {failure}', 'config': config.to_dict()})
+      except OSError as write_error:  # e.g. the disk is full: the original error matters more
+        log(f'[train] WARNING: could not mark the run failed in results.json: {write_error}')
+    if failure is e:
+      raise
+    raise failure from e
+
+
+_DISK_FULL = tuple(os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG))
+
+
+def _kept_checkpoint(workdir: epath.Path) -> str:
+  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').glob('*') if p.name.isdigit())
+  return f'the checkpoint at step {steps[-1]} is intact' if steps else 'no checkpoint was written yet'
+
+
+def _check_space(workdir: epath.Path, needed: int, step: int) -> None:
+  """Refuse to start a checkpoint the local disk cannot hold.
+
+  A write cut off by ENOSPC is still caught (see `_failure`), but Orbax and TensorStore then
+  print dozens of tracebacks from their writer threads.
+  """
+  needed = int(1.1 * needed) + 2**20  # the state plus metadata
+  free = None if '://' in str(workdir) else shutil.disk_usage(workdir / 'checkpoints').free
+  if any_process(free is not None and free < needed):
+    raise DiskFullError(f'no space left in {workdir} for the checkpoint at step {step} (it needs '
+                        f'~{needed / 1e6:.1f} MB, {(free or 0) / 1e6:.1f} MB free); {_kept_checkpoint(workdir)}. '
+                        'Free some space and rerun the same command to resume')
+
+
+def _failure(error: Exception, workdir: epath.Path) -> Exception:
+  """The error to report for a run that failed after it started: a full disk is said plainly."""
+  if isinstance(error, DiskFullError):
+    return error
+  causes = [error]
+  while len(causes) < 10 and (causes[-1].__cause__ or causes[-1].__context__) is not None:
+    causes.append(causes[-1].__cause__ or causes[-1].__context__)
+  for cause in causes:
+    # TensorStore (Orbax's writer) reports OS errors as ValueError with the strerror in the text.
+    reason = next((r for r in _DISK_FULL if r in str(cause) or getattr(cause, 'strerror', None) == r), None)
+    if reason:
+      return DiskFullError(f'cannot write to {workdir}: {reason.lower()}; {_kept_checkpoint(workdir)}. '
+                           'Free some space and rerun the same command to resume')
+  if type(error) is ValueError:  # not a DatasetError or other ValueError subclass of our own
+    return TrainingError(str(error))
+  return error
 
 
 def _train(config: ml_collections.ConfigDict, workdir: epath.Path, model: MobileNetV1,
@@ -321,38 +383,45 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, model: Mobile
   t_start = time.time()
   timer = _Throughput(config.batch_size, start_step)
   unchecked: list[tuple[int, jax.Array]] = []  # (step, finite flag) not yet read back from the device
+  state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
   step = start_step
-  with _Preemption() as preemption:
-    while step < total_steps:
-      state, metrics = step_fn(state, global_batch(next(batches), data_sharding))
-      step += 1
-      unchecked.append((step, metrics['finite']))
-      at_log = step % config.log_every_steps == 0 or step == total_steps
-      at_checkpoint = step % config.checkpoint_every_steps == 0 or step == total_steps
-      if at_log or at_checkpoint or step == start_step + 1:
-        _check_finite(unchecked)  # never checkpoint or report a diverged state
-        timer.mark(step)
-      if at_log:
-        metrics = jax.device_get(metrics)
-        img_s = timer.img_s()
-        eta = (total_steps - step) * config.batch_size / img_s if img_s else float('nan')
-        log(f'[train] step {step}/{total_steps} ({100 * step / total_steps:.0f}%) '
-            f'loss {metrics["loss"]:.3f} acc {metrics["accuracy"]:.3f} '
-            f'lr {metrics["learning_rate"]:.4f} {img_s:.1f} img/s ETA {_duration(eta)}')
-        writer.write(step, {k: v for k, v in metrics.items() if k != 'finite'} | {'img_s': img_s})
-      if config.eval_every_steps and step % config.eval_every_steps == 0 and step < total_steps:
-        eval_metrics = evaluate(config, state, eval_fn, data_sharding)
-        log(f'[eval] step {step}: top-1 {eval_metrics["top1"]:.4f} top-5 {eval_metrics["top5"]:.4f}')
-        writer.write(step, {'eval_top1': eval_metrics['top1'], 'eval_top5': eval_metrics['top5']})
-        timer.pause()  # eval time is not training time
-      if at_checkpoint:
-        checkpoints.save(step, args=ocp.args.StandardSave(state))
-      if any_process(preemption.requested):
-        _check_finite(unchecked)
-        checkpoints.save(step, args=ocp.args.StandardSave(state), force=True)
-        checkpoints.wait_until_finished()
-        raise Preempted(f'SIGTERM received: checkpoint saved at step {step}; rerun the same command to resume')
-  checkpoints.wait_until_finished()
+  try:
+    with _Preemption() as preemption:
+      while step < total_steps:
+        state, metrics = step_fn(state, global_batch(next(batches), data_sharding))
+        step += 1
+        unchecked.append((step, metrics['finite']))
+        at_log = step % config.log_every_steps == 0 or step == total_steps
+        at_checkpoint = step % config.checkpoint_every_steps == 0 or step == total_steps
+        if at_log or at_checkpoint or step == start_step + 1:
+          _check_finite(unchecked)  # never checkpoint or report a diverged state
+          timer.mark(step)
+        if at_log:
+          metrics = jax.device_get(metrics)
+          img_s = timer.img_s()
+          eta = (total_steps - step) * config.batch_size / img_s if img_s else float('nan')
+          log(f'[train] step {step}/{total_steps} ({100 * step / total_steps:.0f}%) '
+              f'loss {metrics["loss"]:.3f} acc {metrics["accuracy"]:.3f} '
+              f'lr {metrics["learning_rate"]:.4f} {img_s:.1f} img/s ETA {_duration(eta)}')
+          writer.write(step, {k: v for k, v in metrics.items() if k != 'finite'} | {'img_s': img_s})
+        if config.eval_every_steps and step % config.eval_every_steps == 0 and step < total_steps:
+          eval_metrics = evaluate(config, state, eval_fn, data_sharding)
+          log(f'[eval] step {step}: top-1 {eval_metrics["top1"]:.4f} top-5 {eval_metrics["top5"]:.4f}')
+          writer.write(step, {'eval_top1': eval_metrics['top1'], 'eval_top5': eval_metrics['top5']})
+          timer.pause()  # eval time is not training time
+        if at_checkpoint:
+          _check_space(workdir, state_bytes, step)
+          checkpoints.save(step, args=ocp.args.StandardSave(state))
+        if any_process(preemption.requested):
+          _check_finite(unchecked)
+          _check_space(workdir, state_bytes, step)
+          checkpoints.save(step, args=ocp.args.StandardSave(state), force=True)
+          checkpoints.wait_until_finished()
+          raise Preempted(f'SIGTERM received: checkpoint saved at step {step}; rerun the same command to resume')
+    checkpoints.wait_until_finished()
+  except BaseException as e:
+    _finish_saves(checkpoints, e)
+    raise
 
   eval_metrics = evaluate(config, state, eval_fn, data_sharding)
   log(f'[eval] final: top-1 {eval_metrics["top1"]:.4f} top-5 {eval_metrics["top5"]:.4f} '
@@ -372,11 +441,25 @@ def _train(config: ml_collections.ConfigDict, workdir: epath.Path, model: Mobile
   return results
 
 
+def _finish_saves(checkpoints: ocp.CheckpointManager, error: BaseException) -> None:
+  """Let checkpoint writes in flight finish before a failure propagates.
+
+  They hold states already checked finite; exiting would cut them off half written. Not where
+  another process may have died: the write's barriers would wait on it.
+  """
+  if jax.process_count() > 1 and not isinstance(error, NonFiniteLossError):
+    return
+  try:
+    checkpoints.wait_until_finished()
+  except Exception:  # noqa: BLE001 - e.g. the disk is full: the error being raised already says why
+    pass
+
+
 def _check_finite(unchecked: list[tuple[int, jax.Array]]) -> None:
   """Raise NonFiniteLossError naming the first diverged step; clears `unchecked`."""
   for step, finite in unchecked:
     if not bool(jax.device_get(finite)):
-      raise NonFiniteLossError(f'non-finite loss or gradient at step {step}; '
+      raise NonFiniteLossError(f'non-finite loss, gradient or parameters at step {step}; '
                                'the last good checkpoint is kept')
   unchecked.clear()
 

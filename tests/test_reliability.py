@@ -1,5 +1,9 @@
 """Faults injected into real runs: SIGTERM, bad input, a changed config in an existing run dir."""
 
+import json
+import re
+import shlex
+import shutil
 import signal
 import subprocess
 import time
@@ -68,3 +72,81 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(tiny_data_dir, tmp_pat
   got = flat(final_params(tmp_path))
   for key in expected:
     np.testing.assert_array_equal(got[key], expected[key], err_msg=key)  # retrained 4 -> 8 identically
+
+
+def checkpoint_steps(workdir) -> list[int]:
+  """The committed checkpoint steps (Orbax writes into '<step>.orbax-checkpoint-tmp*' and renames when done)."""
+  return sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
+
+
+def test_divergence_stops_naming_the_step_and_keeps_only_finite_checkpoints(tiny_data_dir, tmp_path):
+  # A staircase 'decay' by inf every 4 steps: the rate is 0.1 for steps 1-4, then inf. Step 5's
+  # loss and gradient are still finite (computed before the update); only its parameters are not. Checkpoints
+  # at every step, so that state would be saved unless caught at the very step it appears.
+  overrides = tiny_overrides(tiny_data_dir, num_train_steps=12, checkpoint_every_steps=1, **{
+      'optim.schedule': 'exponential', 'optim.decay_rate': float('inf'), 'optim.decay_epochs': 0.2})
+  result = subprocess.run(main_command(tmp_path, overrides), env=subprocess_env(tmp_path), capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 1, result.stderr[-2000:]
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error: NonFiniteLossError'), result.stderr[-3000:]
+  step = int(re.search(r'at step (\d+)', lines[0])[1])
+  assert step == 5, lines[0]
+  results = json.loads((tmp_path / 'results.json').read_text())
+  assert results['status'] == 'failed' and f'at step {step}' in results['error']
+  # The last good checkpoints are kept (3, the default), all complete (no write cut off by the exit), all finite.
+  assert checkpoint_steps(tmp_path) == [step - 3, step - 2, step - 1]
+  assert not [p.name for p in (tmp_path / 'checkpoints').iterdir() if 'tmp' in p.name]
+  for saved in checkpoint_steps(tmp_path):
+    params = flat(final_params(tmp_path, saved)['params'])
+    assert all(np.isfinite(v).all() for v in params.values()), saved
+
+
+def small_filesystem_supported(tmp_path) -> bool:
+  """Whether this machine lets us mount a tmpfs in a private user+mount namespace (no root needed)."""
+  if not shutil.which('unshare'):
+    return False
+  probe = tmp_path / 'probe'
+  probe.mkdir()
+  result = subprocess.run(['unshare', '-rm', 'sh', '-c', f'mount -t tmpfs -o size=1m tmpfs {probe}'],
+                          capture_output=True, timeout=30)
+  return result.returncode == 0
+
+
+def test_full_disk_while_checkpointing_is_one_line_exit_2_and_keeps_the_previous_checkpoint(tiny_data_dir,
+                                                                                             tmp_path):
+  if not small_filesystem_supported(tmp_path):
+    pytest.skip('cannot mount a small tmpfs here (needs `unshare -rm`: unprivileged user namespaces)')
+  cache = tmp_path / 'cache'  # on the real disk: the compilation cache is not what this test fills
+  overrides = tiny_overrides(tiny_data_dir, num_train_steps=4, compilation_cache_dir=str(cache),
+                             **{'optim.schedule': 'constant'})  # both runs compile the same step
+  subprocess.run(main_command(tmp_path / 'run', overrides), env=subprocess_env(tmp_path), check=True, timeout=300,
+                 capture_output=True)
+  before = flat(final_params(tmp_path / 'run', 4))
+  # In a private mount namespace: copy the run onto a small tmpfs, fill it to 1 MiB short of full (one
+  # checkpoint is ~2.5 MB), continue the run to step 8, then copy what is left back out for inspection.
+  small, after = tmp_path / 'small', tmp_path / 'after'
+  small.mkdir()
+  longer = dict(overrides, num_train_steps=8, allow_config_change=True)
+  script = f"""
+set -e
+mount -t tmpfs -o size=32m tmpfs {small}
+cp -a {tmp_path / 'run'} {small / 'run'}
+free_kb=$(df --output=avail -k {small} | tail -1)
+head -c $(( (free_kb - 1024) * 1024 )) /dev/zero > {small / 'filler'}
+set +e
+{shlex.join(main_command(small / 'run', longer))} > {tmp_path / 'stdout'} 2> {tmp_path / 'stderr'}
+echo $? > {tmp_path / 'returncode'}
+rm {small / 'filler'}
+cp -a {small / 'run'} {after}
+"""
+  subprocess.run(['unshare', '-rm', 'bash', '-c', script], env=subprocess_env(tmp_path), check=True, timeout=300)
+  stderr = (tmp_path / 'stderr').read_text()
+  assert int((tmp_path / 'returncode').read_text()) == 2, stderr[-3000:]
+  lines = stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error:'), stderr[-3000:]
+  assert 'no space left' in lines[0] and 'the checkpoint at step 4 is intact' in lines[0], lines[0]
+  assert checkpoint_steps(after) == [4]
+  got = flat(final_params(after, 4))
+  for key in before:
+    np.testing.assert_array_equal(got[key], before[key], err_msg=key)

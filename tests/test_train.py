@@ -62,10 +62,12 @@ def subprocess_env(cache_dir, devices: int = 1) -> dict:
   return env
 
 
-def final_params(workdir) -> dict:
-  """The newest checkpoint's parameters as numpy arrays, read by Orbax alone onto this process's device."""
-  manager = ocp.CheckpointManager(pathlib.Path(workdir, 'checkpoints').absolute())
-  path = pathlib.Path(workdir, 'checkpoints', str(manager.latest_step()), 'default')
+def final_params(workdir, step: int | None = None) -> dict:
+  """The newest (or `step`'s) checkpoint's parameters as numpy arrays, read by Orbax alone onto this process's
+  device."""
+  if step is None:
+    step = ocp.CheckpointManager(pathlib.Path(workdir, 'checkpoints').absolute()).latest_step()
+  path = pathlib.Path(workdir, 'checkpoints', str(step), 'default')
   checkpointer = ocp.StandardCheckpointer()
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
