@@ -150,3 +150,68 @@ cp -a {small / 'run'} {after}
   got = flat(final_params(after, 4))
   for key in before:
     np.testing.assert_array_equal(got[key], before[key], err_msg=key)
+
+
+@pytest.fixture(scope='module')
+def eval_reference(tiny_data_dir, tmp_path_factory):
+  """An uninterrupted run that also evaluates at step 8 (what the kill tests rerun to)."""
+  cache, workdir = tmp_path_factory.mktemp('kill_cache'), tmp_path_factory.mktemp('kill_reference')
+  overrides = tiny_overrides(tiny_data_dir, eval_every_steps=8, compilation_cache_dir=str(cache))
+  subprocess.run(main_command(workdir, overrides), check=True, env=subprocess_env(cache), timeout=300,
+                 capture_output=True)
+  return workdir, overrides
+
+
+def metric_lines(workdir) -> list[dict]:
+  return [{k: v for k, v in json.loads(line).items() if k != 'img_s'}  # timing differs between runs
+          for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
+
+
+def kill_during_checkpoint_write(process, workdir) -> None:
+  """SIGKILL as soon as Orbax starts writing checkpoint 8 (its temporary directory appears)."""
+  deadline = time.time() + 240
+  while not list((workdir / 'checkpoints').glob('8.orbax-checkpoint-tmp*')):
+    assert process.poll() is None and time.time() < deadline, 'the run never started checkpoint 8'
+    time.sleep(0.005)
+  process.kill()
+  process.communicate()
+  assert list((workdir / 'checkpoints').glob('8.orbax-checkpoint-tmp*')), 'checkpoint 8 was finished'
+  assert checkpoint_steps(workdir) == [4]  # Orbax starts a save only once the previous one is committed
+
+
+def kill_during_eval(process, workdir) -> None:
+  """SIGKILL right after step 8's progress line: step 8 evaluates before it checkpoints."""
+  output = ''
+  for line in process.stdout:
+    output += line
+    if line.startswith('[train] step 8/'):
+      process.kill()
+      break
+  output += process.communicate()[0]
+  assert '[train] step 8/' in output, output[-2000:]
+  assert '[eval] step 8' not in output, 'the evaluation finished before the kill'
+  assert not list((workdir / 'checkpoints').glob('8*')), 'checkpoint 8 was started: the evaluation was over'
+
+
+@pytest.mark.parametrize('kill', [kill_during_checkpoint_write, kill_during_eval])
+def test_sigkill_then_rerun_ends_bitwise_identical(eval_reference, tmp_path, kill):
+  ref_workdir, overrides = eval_reference
+  workdir = tmp_path / 'run'
+  env = subprocess_env(overrides['compilation_cache_dir'])
+  process = subprocess.Popen(main_command(workdir, overrides), env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+  kill(process, workdir)
+  # Checkpoint 4 is written asynchronously during steps 5-8: it may be committed or cut off too.
+  committed = checkpoint_steps(workdir)
+  assert committed in ([], [4]), committed
+  resumed = subprocess.run(main_command(workdir, overrides), env=env, capture_output=True, text=True, timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-2000:]
+  if committed:  # never from the interrupted step 8 (nor from a cut-off checkpoint 4)
+    assert 'resumed from checkpoint at step 4' in resumed.stdout, resumed.stdout
+  else:
+    assert 'resumed from checkpoint' not in resumed.stdout, resumed.stdout
+  expected, got = flat(final_params(ref_workdir)), flat(final_params(workdir))
+  assert expected.keys() == got.keys()
+  for key in expected:
+    np.testing.assert_array_equal(got[key], expected[key], err_msg=key)  # bitwise on CPU
+  assert metric_lines(workdir) == metric_lines(ref_workdir)  # no metrics line lost or repeated
