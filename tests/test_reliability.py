@@ -1,16 +1,18 @@
 """Faults injected into real runs: SIGTERM, bad input, a changed config in an existing run dir."""
 
+import csv
 import json
 import re
 import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import numpy as np
 import pytest
-from test_train import final_params, flat, main_command, subprocess_env, tiny_overrides
+from test_train import REPO, final_params, flat, main_command, subprocess_env, tiny_overrides
 
 
 @pytest.mark.parametrize('override, message', [
@@ -215,3 +217,58 @@ def test_sigkill_then_rerun_ends_bitwise_identical(eval_reference, tmp_path, kil
   for key in expected:
     np.testing.assert_array_equal(got[key], expected[key], err_msg=key)  # bitwise on CPU
   assert metric_lines(workdir) == metric_lines(ref_workdir)  # no metrics line lost or repeated
+
+
+def sweep_command(workdir, data_dir, cache) -> list[str]:
+  """Two points (α 0.25 at 48 and 32 px) of 8 steps, checkpointed every 4; no inference timing."""
+  return [sys.executable, '-m', 'mnet_jax.main', f'--config={REPO / "experiments" / "sweep.py"}:smoke',
+          f'--workdir={workdir}', '--config.data.name=textured_shapes/tiny', f'--config.data.data_dir={data_dir}',
+          '--config.sweep.alphas=0.25', '--config.sweep.resolutions=48,32', '--config.num_train_steps=8',
+          '--config.checkpoint_every_steps=4', '--config.log_every_steps=4', '--config.sweep.latency_batch=0',
+          f'--config.compilation_cache_dir={cache}']
+
+
+def table(workdir) -> dict[str, dict]:
+  """results.csv and results.json, checked to hold the same points once each, as {name: json row}."""
+  csv_rows = list(csv.DictReader((workdir / 'results.csv').open()))
+  json_rows = json.loads((workdir / 'results.json').read_text())
+  names = [r['name'] for r in json_rows]
+  assert names == [r['name'] for r in csv_rows] == ['a0.25_r48', 'a0.25_r32']
+  assert [r['status'] for r in json_rows] == [r['status'] for r in csv_rows]
+  return {r['name']: r for r in json_rows}
+
+
+def test_sweep_survives_a_failing_and_a_killed_point_and_reruns_only_those(tiny_data_dir, tmp_path):
+  workdir, cache = tmp_path / 'sweep', tmp_path / 'cache'
+  command = sweep_command(workdir, tiny_data_dir, cache)
+  env = subprocess_env(cache)
+  # Point a0.25_r32's run dir holds another run's config: that point fails, the other must not care.
+  planted = workdir / 'a0.25_r32' / 'config.json'
+  planted.parent.mkdir(parents=True)
+  planted.write_text(json.dumps({'seed': 12345}))
+  first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+  assert first.returncode == 1, first.stderr[-3000:]
+  assert '[sweep] a0.25_r32 FAILED' in first.stdout
+  rows = table(workdir)
+  assert rows['a0.25_r48']['status'] == 'done' and rows['a0.25_r48']['top1'] is not None
+  assert rows['a0.25_r32']['status'] == 'failed' and 'different config' in rows['a0.25_r32']['error']
+
+  # Fixed; rerun, and SIGKILL the sweep in the middle of the retried point.
+  planted.unlink()
+  process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+  checkpoint = workdir / 'a0.25_r32' / 'checkpoints' / '4'
+  deadline = time.time() + 240
+  while not checkpoint.exists():
+    assert process.poll() is None and time.time() < deadline, 'the retried point never checkpointed'
+    time.sleep(0.02)
+  process.kill()
+  killed_output = process.communicate()[0]
+  assert '1 already done, 1 to run' in killed_output
+  assert table(workdir) == rows  # the table from before is whole and unchanged
+
+  last = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+  assert last.returncode == 0, last.stderr[-3000:]
+  assert '1 already done, 1 to run' in last.stdout and 'resumed from checkpoint at step 4' in last.stdout
+  final = table(workdir)
+  assert final['a0.25_r48'] == rows['a0.25_r48']  # the finished point was not redone
+  assert final['a0.25_r32']['status'] == 'done' and final['a0.25_r32']['error'] is None
