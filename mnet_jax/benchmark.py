@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mnet_jax import architecture, peers
+from mnet_jax import architecture, peers, runtime
 from mnet_jax.layers import DEPTHWISE_IMPLS
 
 PEERS = ('keras', 'pytorch')
@@ -156,12 +156,12 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
   return row
 
 
-def run_isolated(spec: str, argv: list[str]) -> dict[str, Any]:
+def run_isolated(spec: str, argv: list[str], env: dict[str, str]) -> dict[str, Any]:
   """Run `worker` for spec in a fresh interpreter; a missing framework becomes a note."""
   with tempfile.TemporaryDirectory() as tmp:
     out = pathlib.Path(tmp) / 'row.json'
     cmd = [sys.executable, '-m', 'mnet_jax.benchmark', *argv, '--worker', spec, '--worker_out', str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.exists():
       return json.loads(out.read_text())
     tail = [line for line in proc.stderr.strip().splitlines() if line.strip()][-1:] or ['no output']
@@ -214,6 +214,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument('--depthwise_impl', default='auto', help=f'one of {", ".join(DEPTHWISE_IMPLS)}')
   parser.add_argument('--peers', default='keras,pytorch', help='comma list of keras,pytorch; "none" for none')
   parser.add_argument('--no_pipeline', action='store_true', help='skip the input-pipeline measurement')
+  parser.add_argument('--system_malloc', action='store_true',
+                      help="run every framework with glibc's default malloc instead of mnet_jax's (see runtime.py)")
   parser.add_argument('--json', default='', help='write the rows to this path')
   parser.add_argument('--worker', default='', help=argparse.SUPPRESS)
   parser.add_argument('--worker_out', default='', help=argparse.SUPPRESS)
@@ -253,10 +255,14 @@ def main(argv: list[str] | None = None) -> None:
     has_cuda = torch.cuda.is_available()
   passthrough = [f'--{k}={getattr(args, k)}' for k in ('alpha', 'resolution', 'batch', 'steps', 'repeats',
                                                        'dtype', 'depthwise_impl')]
+  # Every framework runs under the allocator settings `python -m mnet_jax.main` uses: same
+  # conditions for all, and the figures are what a training run gets.
+  retained = None if args.system_malloc else runtime.retaining_memory_env()
+  env = retained or dict(os.environ)
   rows = []
   for spec in worker_specs(args, has_cuda):
     log(f'measuring {spec} (alpha={args.alpha}, {args.resolution}px, batch {args.batch}) ...')
-    row = run_isolated(spec, passthrough)
+    row = run_isolated(spec, passthrough, env)
     framework, _, variant = spec.partition(':')
     row = {'framework': framework, 'variant': row.pop('variant', variant or args.dtype), **row}
     rows.append(row)
@@ -269,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
              'python': platform.python_version(), 'load_avg_1min': os.getloadavg()[0]}
   config = {k: getattr(args, k) for k in ('alpha', 'resolution', 'batch', 'steps', 'repeats', 'dtype',
                                          'depthwise_impl', 'peers')}
+  config['glibc_tunables'] = env.get('GLIBC_TUNABLES', '')
   print(format_table(rows))
   print(f'input pipeline alone: {pipeline}')
   if args.json:

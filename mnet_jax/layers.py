@@ -141,6 +141,46 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, impl: str = 'au
   return depthwise_conv_shifted(x, kernel, stride)
 
 
+def conv_im2col(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+  """Dense 'SAME' convolution as one matmul over the stacked shifted windows (im2col).
+
+  XLA:CPU's direct convolution runs the 3-channel stem at a few GFLOP/s; the windows of
+  `_phases` concatenated along channels turn it into a (pixels, kh*kw*C_in) x (kh*kw*C_in,
+  C_out) matmul. Window (i, j) holds channels [(i*kw + j)*C_in, ...), the HWIO order.
+  """
+  kh, kw, c_in, c_out = kernel.shape
+  phases, (out_h, out_w, *_) = _phases(x, kh, kw, stride)
+  patches = jnp.concatenate([window for _, _, window in _windows(phases, kh, kw, stride, out_h, out_w)], axis=-1)
+  return pointwise_conv(patches, kernel.reshape(kh * kw * c_in, c_out))
+
+
+class Conv(nn.Module):
+  """Dense 'SAME' convolution without bias; `nn.Conv`'s parameter layout (kh, kw, C_in, C_out).
+
+  With impl 'shifted' (the CPU choice of 'auto') it runs as `conv_im2col`, otherwise as
+  XLA's convolution.
+  """
+
+  features: int
+  kernel_size: int = 3
+  stride: int = 1
+  impl: str = 'auto'
+  dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.he_normal()
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    shape = (self.kernel_size, self.kernel_size, x.shape[-1], self.features)
+    kernel = self.param('kernel', self.kernel_init, shape, jnp.float32)
+    x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+    if resolve_depthwise_impl(self.impl) == 'shifted':
+      return conv_im2col(x, kernel, self.stride)
+    return jax.lax.conv_general_dilated(
+        x, kernel, (self.stride, self.stride),
+        [same_padding(size, self.kernel_size, self.stride) for size in x.shape[1:3]],
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+
+
 class DepthwiseConv(nn.Module):
   """3x3 depthwise convolution without bias; the kernel has the grouped-conv layout."""
 

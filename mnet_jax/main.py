@@ -19,6 +19,8 @@ os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from mnet_jax import runtime
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (path.py[:arg]).', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Directory for checkpoints, metrics and results (local or gs://).')
@@ -112,6 +114,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def run() -> None:
+  runtime.retain_freed_memory()  # before JAX allocates anything (a re-exec, once)
   argv = _parse_flags(sys.argv)
   app.run(lambda _: _exit(main(argv)), argv=[sys.argv[0]])
 

@@ -9,9 +9,10 @@ import jax
 import jax.numpy as jnp
 
 from mnet_jax import architecture
-from mnet_jax.layers import DepthwiseConv, PointwiseConv, resolve_depthwise_impl
+from mnet_jax.batch_norm import CLIP_MAX, BatchNormAct
+from mnet_jax.layers import Conv, DepthwiseConv, PointwiseConv, resolve_depthwise_impl
 
-ACTIVATIONS = {'relu6': nn.relu6, 'relu': nn.relu}
+ACTIVATIONS = tuple(CLIP_MAX)  # each fused into the BatchNorm before it
 
 
 class MobileNetV1(nn.Module):
@@ -49,16 +50,14 @@ class MobileNetV1(nn.Module):
       raise ValueError(f'expected NHWC images with 3 channels, got shape {tuple(images.shape)}')
     if images.shape[1] != images.shape[2]:
       raise ValueError(f'expected square images, got {images.shape[1]}x{images.shape[2]}')
-    act = ACTIVATIONS[self.activation]
-    norm = lambda name: nn.BatchNorm(  # noqa: E731
-        use_running_average=not train, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
-        dtype=self.dtype, name=name)
+    norm_act = lambda name: BatchNormAct(  # noqa: E731
+        use_running_average=not train, activation=self.activation, momentum=self.bn_momentum,
+        epsilon=self.bn_epsilon, dtype=self.dtype, name=name)
     x = images.astype(self.dtype)
     for layer in architecture.layers(
         self.alpha, images.shape[1], self.variant, self.num_classes, self.min_depth):
       if layer.kind == 'conv3x3':
-        x = nn.Conv(layer.out_channels, (3, 3), layer.stride, padding='SAME', use_bias=False,
-                    dtype=self.dtype, kernel_init=nn.initializers.he_normal(), name=layer.name)(x)
+        x = Conv(layer.out_channels, 3, layer.stride, self.depthwise_impl, self.dtype, name=layer.name)(x)
       elif layer.kind == 'depthwise':
         x = DepthwiseConv(layer.stride, self.depthwise_impl, self.dtype, name=layer.name)(x)
       elif layer.kind == 'pointwise':
@@ -68,5 +67,5 @@ class MobileNetV1(nn.Module):
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         x = nn.Dense(layer.out_channels, dtype=self.dtype, name=layer.name)(x)
         break
-      x = act(norm(f'{layer.name}_bn')(x))
+      x = norm_act(f'{layer.name}_bn')(x)
     return x.astype(jnp.float32)

@@ -125,3 +125,18 @@ def test_pointwise_forward_and_gradients_match_numpy():
   grad_x, grad_kernel = jax.grad(lambda a, b: jnp.sum(layers.pointwise_conv(a, b) * cotangent), (0, 1))(x, kernel)
   np.testing.assert_allclose(grad_x, np.einsum('nhwd,cd->nhwc', gn, kn), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(grad_kernel, np.einsum('nhwc,nhwd->cd', xn, gn), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('height,width,stride', CASES)
+def test_im2col_convolution_matches_xla_convolution(height, width, stride):
+  kx, kk, kg = jax.random.split(jax.random.PRNGKey(6), 3)
+  x, kernel = jax.random.normal(kx, (2, height, width, 3)), jax.random.normal(kk, (3, 3, 3, 5))
+  cotangent = jax.random.normal(kg, (2, -(-height // stride), -(-width // stride), 5))
+  xla = lambda a, b: jax.lax.conv_general_dilated(  # noqa: E731
+      a, b, (stride, stride), 'SAME', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(layers.conv_im2col(x, kernel, stride), xla(x, kernel), rtol=1e-5, atol=1e-5)
+  loss = lambda f: lambda a, b: jnp.sum(f(a, b) * cotangent)  # noqa: E731
+  got = jax.grad(loss(lambda a, b: layers.conv_im2col(a, b, stride)), argnums=(0, 1))(x, kernel)
+  want = jax.grad(loss(xla), argnums=(0, 1))(x, kernel)
+  for g, w in zip(got, want, strict=True):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
