@@ -333,7 +333,9 @@ def _failure(error: Exception, workdir: epath.Path) -> Exception:
       return DiskFullError(f'cannot write to {workdir}: {reason.lower()}; {_kept_checkpoint(workdir)}. '
                            'Free some space and rerun the same command to resume')
   if type(error) is ValueError:  # not a DatasetError or other ValueError subclass of our own
-    return TrainingError(str(error))
+    processes = jax.process_count()
+    hint = f' (one of the {processes} processes may have died: see its log)' if processes > 1 else ''
+    return TrainingError(f'{error}{hint}')
   return error
 
 

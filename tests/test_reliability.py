@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from test_train import REPO, final_params, flat, main_command, subprocess_env, tiny_overrides
+from test_train import REPO, _free_port, final_params, flat, main_command, subprocess_env, tiny_overrides
 
 
 @pytest.mark.parametrize('override, message', [
@@ -272,3 +272,48 @@ def test_sweep_survives_a_failing_and_a_killed_point_and_reruns_only_those(tiny_
   final = table(workdir)
   assert final['a0.25_r48'] == rows['a0.25_r48']  # the finished point was not redone
   assert final['a0.25_r32']['status'] == 'done' and final['a0.25_r32']['error'] is None
+
+
+@pytest.fixture(scope='module')
+def two_process_cache(tmp_path_factory):
+  return tmp_path_factory.mktemp('two_process_cache')
+
+
+@pytest.mark.parametrize('fault', ['SIGKILL', 'SIGSTOP'])
+def test_when_process_1_dies_or_hangs_process_0_exits_with_an_error(tiny_data_dir, two_process_cache, tmp_path,
+                                                                     fault):
+  """SIGKILL: process 0's next collective fails at once. SIGSTOP (a hung host: its sockets stay open): process 0
+  waits in the collective until the coordination service misses process 1's heartbeats (--heartbeat_timeout)."""
+  overrides = tiny_overrides(tiny_data_dir, num_train_steps=100_000, checkpoint_every_steps=100_000,
+                             compilation_cache_dir=str(two_process_cache))
+  port, workdir = _free_port(), tmp_path / 'run'
+  logs = [tmp_path / f'process_{i}.log' for i in range(2)]
+  processes = [
+      subprocess.Popen(main_command(workdir, overrides, f'--coordinator_address=localhost:{port}', '--num_processes=2',
+                                    f'--process_id={i}', '--heartbeat_timeout=10'),
+                       env=subprocess_env(tmp_path), stdout=log.open('w'), stderr=subprocess.STDOUT)
+      for i, log in enumerate(logs)]
+  try:
+    deadline = time.time() + 300
+    while not (workdir / 'metrics.jsonl').exists():  # both are training
+      assert all(p.poll() is None for p in processes) and time.time() < deadline, logs[0].read_text()[-3000:]
+      time.sleep(0.1)
+    processes[1].send_signal(getattr(signal, fault))
+    start = time.time()
+    processes[0].wait(timeout=120)
+    seconds = time.time() - start
+  finally:
+    for process in processes:
+      process.kill()  # also ends a stopped process
+      process.wait()
+  output = logs[0].read_text()
+  if fault == 'SIGKILL':
+    assert processes[0].returncode == 1, output[-3000:]
+    errors = [line for line in output.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and 'processes may have died' in errors[0], output[-3000:]
+    assert json.loads((workdir / 'results.json').read_text())['status'] == 'failed'
+    assert seconds < 30, seconds
+  else:
+    # JAX ends the process itself (abort, with its own message) once the heartbeat timeout has passed.
+    assert processes[0].returncode != 0 and 'another task died' in output, output[-3000:]
+    assert seconds < 40, seconds  # the default timeout would be 100 s

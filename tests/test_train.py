@@ -163,6 +163,24 @@ def test_four_devices_match_one_device(one_step_reference, cache_dir, tmp_path):
   assert abs(run['top1'] - ref['top1']) <= 0.011  # at most one example of 100 flips
 
 
+# `python -c WRITES_LOGGED LOG <mnet_jax.main flags>` runs the entry point with an audit hook that appends to LOG
+# every path this process opens for writing, creates or renames into place: observed, not assumed.
+WRITES_LOGGED = '''
+import os, runpy, sys
+log = open(sys.argv.pop(1), 'a', buffering=1)
+WRITE = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_TRUNC
+
+def hook(event, args):
+  if event == 'open' and isinstance(args[0], str) and (args[2] or 0) & WRITE:
+    log.write(args[0] + chr(10))
+  elif event in ('os.rename', 'os.mkdir'):  # os.replace raises 'os.rename'
+    log.write(os.fspath(args[1] if event == 'os.rename' else args[0]) + chr(10))
+
+sys.addaudithook(hook)
+runpy.run_module('mnet_jax.main', run_name='__main__', alter_sys=True)
+'''
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(('localhost', 0))
@@ -172,17 +190,22 @@ def _free_port() -> int:
 def test_two_processes_match_one_process(one_step_reference, cache_dir, tmp_path):
   ref_workdir, overrides = one_step_reference
   port = _free_port()
-  processes = [
-      subprocess.Popen(
-          main_command(tmp_path, overrides, f'--coordinator_address=localhost:{port}', '--num_processes=2',
-                       f'--process_id={i}'),
-          env=subprocess_env(cache_dir, devices=2), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for i in range(2)]
+  workdir, writes_log = tmp_path / 'run', tmp_path / 'process_1_writes.txt'
+  commands = [main_command(workdir, overrides, f'--coordinator_address=localhost:{port}', '--num_processes=2',
+                           f'--process_id={i}') for i in range(2)]
+  commands[1] = [sys.executable, '-c', WRITES_LOGGED, str(writes_log), *commands[1][3:]]
+  processes = [subprocess.Popen(command, env=subprocess_env(cache_dir, devices=2), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for command in commands]
   outputs = [p.communicate(timeout=400)[0] for p in processes]
   assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   assert '4 device(s), 2 process(es)' in outputs[0]
   assert '[train]' not in outputs[1], 'only process 0 prints progress'
-  assert_close_params(tmp_path, ref_workdir)
+  assert_close_params(workdir, ref_workdir)
+  # Only process 0 writes the run's config, metrics and results: process 1 probes that the workdir is writable
+  # and writes its part of the checkpoints, nothing else.
+  written = {pathlib.Path(p).relative_to(workdir).parts[:1] for p in writes_log.read_text().split()
+             if pathlib.Path(p).is_relative_to(workdir)}
+  assert written <= {(), ('.write_test',), ('checkpoints',)}, written
 
 
 def test_small_model_learns_well_above_chance(tiny_data_dir, tmp_path):
