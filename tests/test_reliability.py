@@ -20,6 +20,7 @@ from test_train import REPO, _free_port, final_params, flat, main_command, subpr
     ({'model.resolution': 16}, 'at least 32'),
     ({'batch_size': 6}, 'not a positive multiple of the 4 devices'),
     ({'data.name': 'imagenet2012'}, 'ILSVRC2012'),
+    ({'optim.optimizer': 'adam'}, 'unknown optimizer'),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_data_dir, tmp_path, override, message):
   workdir = tmp_path / 'run'
