@@ -15,3 +15,23 @@ def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
   data_dir = str(tmp_path_factory.mktemp('tfds'))
   tfds.builder(datasets.TINY_DATASET, data_dir=data_dir).download_and_prepare()
   return data_dir
+
+
+@pytest.fixture(scope='session')
+def cache_dir(tmp_path_factory: pytest.TempPathFactory):
+  """One JAX compilation cache for the subprocess runs of every test module."""
+  return tmp_path_factory.mktemp('jax_cache')
+
+
+@pytest.fixture(scope='session')
+def reference_run(tiny_data_dir, cache_dir, tmp_path_factory: pytest.TempPathFactory):
+  """An uninterrupted single-device, single-process run (a subprocess, like the others): `test_train.STEPS`
+  steps, checkpoints every 4. Returns (workdir, overrides)."""
+  import subprocess
+
+  from test_train import main_command, subprocess_env, tiny_overrides
+
+  workdir = tmp_path_factory.mktemp('reference')
+  overrides = tiny_overrides(tiny_data_dir, compilation_cache_dir=str(cache_dir))
+  subprocess.run(main_command(workdir, overrides), check=True, env=subprocess_env(cache_dir), timeout=300)
+  return workdir, overrides

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from test_train import REPO, _free_port, final_params, flat, main_command, subprocess_env, tiny_overrides
+from test_train import REPO, STEPS, _free_port, final_params, flat, main_command, subprocess_env, tiny_overrides
 
 
 @pytest.mark.parametrize('override, message', [
@@ -155,16 +155,6 @@ cp -a {small / 'run'} {after}
     np.testing.assert_array_equal(got[key], before[key], err_msg=key)
 
 
-@pytest.fixture(scope='module')
-def eval_reference(tiny_data_dir, tmp_path_factory):
-  """An uninterrupted run that also evaluates at step 8 (what the kill tests rerun to)."""
-  cache, workdir = tmp_path_factory.mktemp('kill_cache'), tmp_path_factory.mktemp('kill_reference')
-  overrides = tiny_overrides(tiny_data_dir, eval_every_steps=8, compilation_cache_dir=str(cache))
-  subprocess.run(main_command(workdir, overrides), check=True, env=subprocess_env(cache), timeout=300,
-                 capture_output=True)
-  return workdir, overrides
-
-
 def metric_lines(workdir) -> list[dict]:
   return [{k: v for k, v in json.loads(line).items() if k != 'img_s'}  # timing differs between runs
           for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
@@ -179,11 +169,10 @@ def kill_during_checkpoint_write(process, workdir) -> None:
   process.kill()
   process.communicate()
   assert list((workdir / 'checkpoints').glob('8.orbax-checkpoint-tmp*')), 'checkpoint 8 was finished'
-  assert checkpoint_steps(workdir) == [4]  # Orbax starts a save only once the previous one is committed
 
 
-def kill_during_eval(process, workdir) -> None:
-  """SIGKILL right after step 8's progress line: step 8 evaluates before it checkpoints."""
+def kill_during_eval(process, workdir) -> str:
+  """SIGKILL right after step 8's progress line: step 8 evaluates before it checkpoints. Returns the output."""
   output = ''
   for line in process.stdout:
     output += line
@@ -194,99 +183,86 @@ def kill_during_eval(process, workdir) -> None:
   assert '[train] step 8/' in output, output[-2000:]
   assert '[eval] step 8' not in output, 'the evaluation finished before the kill'
   assert not list((workdir / 'checkpoints').glob('8*')), 'checkpoint 8 was started: the evaluation was over'
+  return output
 
 
-@pytest.mark.parametrize('kill', [kill_during_checkpoint_write, kill_during_eval])
-def test_sigkill_then_rerun_ends_bitwise_identical(eval_reference, tmp_path, kill):
-  ref_workdir, overrides = eval_reference
-  workdir = tmp_path / 'run'
-  env = subprocess_env(overrides['compilation_cache_dir'])
+def test_sigkill_during_a_checkpoint_write_and_an_eval_then_rerun_ends_bitwise_identical(reference_run, cache_dir,
+                                                                                           tmp_path):
+  ref_workdir, ref_overrides = reference_run
+  overrides = dict(ref_overrides, eval_every_steps=8)  # evaluating changes no state: same parameters expected
+  workdir, env = tmp_path / 'run', subprocess_env(cache_dir)
+  # 1. Killed while Orbax writes checkpoint 8; it starts a save only once the previous one is committed.
+  process = subprocess.Popen(main_command(workdir, overrides), env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  kill_during_checkpoint_write(process, workdir)
+  assert checkpoint_steps(workdir) == [4]
+  # 2. The rerun resumes from 4, never from the half-written 8, and is killed evaluating at step 8.
   process = subprocess.Popen(main_command(workdir, overrides), env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.DEVNULL, text=True)
-  kill(process, workdir)
-  # Checkpoint 4 is written asynchronously during steps 5-8: it may be committed or cut off too.
-  committed = checkpoint_steps(workdir)
-  assert committed in ([], [4]), committed
+  assert 'resumed from checkpoint at step 4' in kill_during_eval(process, workdir)
+  assert checkpoint_steps(workdir) == [4]
+  # 3. The last rerun finishes like the run that was never interrupted.
   resumed = subprocess.run(main_command(workdir, overrides), env=env, capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
-  if committed:  # never from the interrupted step 8 (nor from a cut-off checkpoint 4)
-    assert 'resumed from checkpoint at step 4' in resumed.stdout, resumed.stdout
-  else:
-    assert 'resumed from checkpoint' not in resumed.stdout, resumed.stdout
+  assert 'resumed from checkpoint at step 4' in resumed.stdout
   expected, got = flat(final_params(ref_workdir)), flat(final_params(workdir))
   assert expected.keys() == got.keys()
   for key in expected:
     np.testing.assert_array_equal(got[key], expected[key], err_msg=key)  # bitwise on CPU
-  assert metric_lines(workdir) == metric_lines(ref_workdir)  # no metrics line lost or repeated
+  # No metrics line lost or repeated (besides the extra evaluations at steps 8 and 16).
+  lines = [line for line in metric_lines(workdir) if 'eval_top1' not in line or line['step'] == STEPS]
+  assert lines == metric_lines(ref_workdir)
 
 
 def sweep_command(workdir, data_dir, cache) -> list[str]:
-  """Two points (α 0.25 at 48 and 32 px) of 8 steps, checkpointed every 4; no inference timing."""
+  """Three points (α 0.25 at 48, 40 and 32 px) of 8 steps, checkpointed every 4; no inference timing."""
   return [sys.executable, '-m', 'mnet_jax.main', f'--config={REPO / "experiments" / "sweep.py"}:smoke',
           f'--workdir={workdir}', '--config.data.name=textured_shapes/tiny', f'--config.data.data_dir={data_dir}',
-          '--config.sweep.alphas=0.25', '--config.sweep.resolutions=48,32', '--config.num_train_steps=8',
+          '--config.sweep.alphas=0.25', '--config.sweep.resolutions=48,40,32', '--config.num_train_steps=8',
           '--config.checkpoint_every_steps=4', '--config.log_every_steps=4', '--config.sweep.latency_batch=0',
           f'--config.compilation_cache_dir={cache}']
 
 
-def table(workdir) -> dict[str, dict]:
-  """results.csv and results.json, checked to hold the same points once each, as {name: json row}."""
-  csv_rows = list(csv.DictReader((workdir / 'results.csv').open()))
-  json_rows = json.loads((workdir / 'results.json').read_text())
-  names = [r['name'] for r in json_rows]
-  assert names == [r['name'] for r in csv_rows] == ['a0.25_r48', 'a0.25_r32']
-  assert [r['status'] for r in json_rows] == [r['status'] for r in csv_rows]
-  return {r['name']: r for r in json_rows}
-
-
-def test_sweep_survives_a_failing_and_a_killed_point_and_reruns_only_those(tiny_data_dir, tmp_path):
-  workdir, cache = tmp_path / 'sweep', tmp_path / 'cache'
-  command = sweep_command(workdir, tiny_data_dir, cache)
-  env = subprocess_env(cache)
-  # Point a0.25_r32's run dir holds another run's config: that point fails, the other must not care.
-  planted = workdir / 'a0.25_r32' / 'config.json'
+def test_sweep_carries_on_past_a_failing_point_and_reruns_only_the_failed_and_the_killed(tiny_data_dir, cache_dir,
+                                                                                        tmp_path):
+  workdir = tmp_path / 'sweep'
+  command, env = sweep_command(workdir, tiny_data_dir, cache_dir), subprocess_env(cache_dir)
+  # The middle point's run dir holds another run's config: that point fails whenever it is tried.
+  planted = workdir / 'a0.25_r40' / 'config.json'
   planted.parent.mkdir(parents=True)
   planted.write_text(json.dumps({'seed': 12345}))
-  first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-  assert first.returncode == 1, first.stderr[-3000:]
-  assert '[sweep] a0.25_r32 FAILED' in first.stdout
-  rows = table(workdir)
-  assert rows['a0.25_r48']['status'] == 'done' and rows['a0.25_r48']['top1'] is not None
-  assert rows['a0.25_r32']['status'] == 'failed' and 'different config' in rows['a0.25_r32']['error']
-
-  # Fixed; rerun, and SIGKILL the sweep in the middle of the retried point.
-  planted.unlink()
+  # 1. The first point finishes, the second fails, the third runs anyway and is killed after its first checkpoint.
   process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
   checkpoint = workdir / 'a0.25_r32' / 'checkpoints' / '4'
-  deadline = time.time() + 240
+  deadline = time.time() + 300
   while not checkpoint.exists():
-    assert process.poll() is None and time.time() < deadline, 'the retried point never checkpointed'
+    assert process.poll() is None and time.time() < deadline, 'the third point never checkpointed'
     time.sleep(0.02)
   process.kill()
-  killed_output = process.communicate()[0]
-  assert '1 already done, 1 to run' in killed_output
-  assert table(workdir) == rows  # the table from before is whole and unchanged
+  output = process.communicate()[0]
+  assert '[sweep] a0.25_r40 FAILED' in output and 'different config' in output
+  finished = json.loads((workdir / 'a0.25_r48' / 'row.json').read_text())
+  assert finished['status'] == 'done'
 
-  last = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
-  assert last.returncode == 0, last.stderr[-3000:]
-  assert '1 already done, 1 to run' in last.stdout and 'resumed from checkpoint at step 4' in last.stdout
-  final = table(workdir)
-  assert final['a0.25_r48'] == rows['a0.25_r48']  # the finished point was not redone
-  assert final['a0.25_r32']['status'] == 'done' and final['a0.25_r32']['error'] is None
-
-
-@pytest.fixture(scope='module')
-def two_process_cache(tmp_path_factory):
-  return tmp_path_factory.mktemp('two_process_cache')
+  # 2. The rerun skips the finished point, retries the failed one (failing again) and resumes the killed one.
+  rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+  assert rerun.returncode == 1, rerun.stderr[-3000:]
+  assert '1 already done, 2 to run' in rerun.stdout and '[sweep] a0.25_r40 FAILED' in rerun.stdout
+  assert 'resumed from checkpoint at step 4' in rerun.stdout
+  csv_rows = list(csv.DictReader((workdir / 'results.csv').open()))
+  rows = json.loads((workdir / 'results.json').read_text())
+  assert [r['name'] for r in rows] == [r['name'] for r in csv_rows] == ['a0.25_r48', 'a0.25_r40', 'a0.25_r32']
+  assert [r['status'] for r in rows] == [r['status'] for r in csv_rows] == ['done', 'failed', 'done']
+  assert rows[0] == finished  # not redone
+  assert 'different config' in rows[1]['error'] and rows[2]['error'] is None
 
 
 @pytest.mark.parametrize('fault', ['SIGKILL', 'SIGSTOP'])
-def test_when_process_1_dies_or_hangs_process_0_exits_with_an_error(tiny_data_dir, two_process_cache, tmp_path,
-                                                                     fault):
+def test_when_process_1_dies_or_hangs_process_0_exits_with_an_error(tiny_data_dir, cache_dir, tmp_path, fault):
   """SIGKILL: process 0's next collective fails at once. SIGSTOP (a hung host: its sockets stay open): process 0
   waits in the collective until the coordination service misses process 1's heartbeats (--heartbeat_timeout)."""
   overrides = tiny_overrides(tiny_data_dir, num_train_steps=100_000, checkpoint_every_steps=100_000,
-                             compilation_cache_dir=str(two_process_cache))
+                             compilation_cache_dir=str(cache_dir))
   port, workdir = _free_port(), tmp_path / 'run'
   logs = [tmp_path / f'process_{i}.log' for i in range(2)]
   processes = [

@@ -83,11 +83,6 @@ def flat(tree, prefix=''):
 
 
 @pytest.fixture(scope='module')
-def cache_dir(tmp_path_factory):
-  return tmp_path_factory.mktemp('jax_cache')
-
-
-@pytest.fixture(scope='module')
 def one_step_reference(tiny_data_dir, cache_dir, tmp_path_factory):
   """One step on one device. Runs of other device/process counts are compared after one step: this tiny
   model at 32 px has 1x1 feature maps whose BatchNorm over 16 values is ill-conditioned, so reduction-order
@@ -95,15 +90,6 @@ def one_step_reference(tiny_data_dir, cache_dir, tmp_path_factory):
   (per-device BatchNorm statistics or a wrong data slice: >5e-3 after one step) from noise."""
   workdir = tmp_path_factory.mktemp('one_step')
   overrides = tiny_overrides(tiny_data_dir, compilation_cache_dir=str(cache_dir), num_train_steps=1)
-  subprocess.run(main_command(workdir, overrides), check=True, env=subprocess_env(cache_dir), timeout=300)
-  return workdir, overrides
-
-
-@pytest.fixture(scope='module')
-def reference_run(tiny_data_dir, cache_dir, tmp_path_factory):
-  """An uninterrupted single-device, single-process run (a subprocess, like the others)."""
-  workdir = tmp_path_factory.mktemp('reference')
-  overrides = tiny_overrides(tiny_data_dir, compilation_cache_dir=str(cache_dir))
   subprocess.run(main_command(workdir, overrides), check=True, env=subprocess_env(cache_dir), timeout=300)
   return workdir, overrides
 
