@@ -47,8 +47,8 @@ class DiskFullError(OSError):
 
 
 class TrainingError(RuntimeError):
-  """A failure after training started. XLA, Gloo and TensorStore report theirs as ValueError, which
-  would otherwise read as bad input."""
+  """A runtime failure (XLA, Gloo) after training started: some arrive as ValueError, which would otherwise
+  read as bad input; in a multi-process run the message says a process may have died."""
 
 
 @flax.struct.dataclass
@@ -332,7 +332,8 @@ def _failure(error: Exception, workdir: epath.Path) -> Exception:
     if reason:
       return DiskFullError(f'cannot write to {workdir}: {reason.lower()}; {_kept_checkpoint(workdir)}. '
                            'Free some space and rerun the same command to resume')
-  if type(error) is ValueError:  # not a DatasetError or other ValueError subclass of our own
+  # XLA's errors (ValueError for some status codes) and not a DatasetError or other ValueError subclass of ours.
+  if type(error) is ValueError or isinstance(error, jax.errors.JaxRuntimeError):
     processes = jax.process_count()
     hint = f' (one of the {processes} processes may have died: see its log)' if processes > 1 else ''
     return TrainingError(f'{error}{hint}')

@@ -1,4 +1,6 @@
-"""Faults injected into real runs: SIGTERM, bad input, a changed config in an existing run dir."""
+"""Faults injected into real runs, as real subprocesses, signals and files: bad input, a changed config, SIGTERM,
+a corrupt checkpoint, divergence, a full disk, SIGKILL at chosen moments, a failing and a killed sweep point, and
+a dead or hung process of a two-process run."""
 
 import csv
 import json
@@ -265,11 +267,13 @@ def test_when_process_1_dies_or_hangs_process_0_exits_with_an_error(tiny_data_di
                              compilation_cache_dir=str(cache_dir))
   port, workdir = _free_port(), tmp_path / 'run'
   logs = [tmp_path / f'process_{i}.log' for i in range(2)]
-  processes = [
-      subprocess.Popen(main_command(workdir, overrides, f'--coordinator_address=localhost:{port}', '--num_processes=2',
-                                    f'--process_id={i}', '--heartbeat_timeout=10'),
-                       env=subprocess_env(tmp_path), stdout=log.open('w'), stderr=subprocess.STDOUT)
-      for i, log in enumerate(logs)]
+  processes = []
+  for i, log in enumerate(logs):
+    with log.open('w') as out:
+      processes.append(subprocess.Popen(
+          main_command(workdir, overrides, f'--coordinator_address=localhost:{port}', '--num_processes=2',
+                       f'--process_id={i}', '--heartbeat_timeout=10'),
+          env=subprocess_env(tmp_path), stdout=out, stderr=subprocess.STDOUT))
   try:
     deadline = time.time() + 300
     while not (workdir / 'metrics.jsonl').exists():  # both are training
