@@ -30,6 +30,9 @@ from mnet_jax.layers import DEPTHWISE_IMPLS
 
 PEERS = ('keras', 'pytorch')
 DTYPES = ('float32', 'bfloat16')
+# Untimed calls of each function first: allocators, caches and thread pools settle over the
+# first few steps (measured: step 1 at ~60 % of the steady rate, steps 2-3 within 5-10 %).
+WARMUP_CALLS = 3
 METRICS = (('train_img_s', 'train img/s', True), ('infer_img_s', 'infer img/s', True),
            ('latency_ms', 'batch-1 ms', False), ('compile_s', 'compile s', False))
 
@@ -47,6 +50,12 @@ def time_calls(fn: Callable[[], None], calls: int, repeats: int) -> list[float]:
       fn()
     result.append((time.perf_counter() - start) / calls)
   return result
+
+
+def warm_up(*fns: Callable[[], None]) -> None:
+  for fn in fns:
+    for _ in range(WARMUP_CALLS):
+      fn()
 
 
 def summarize(work: peers.Workload, args: argparse.Namespace) -> dict[str, Any]:
@@ -102,8 +111,7 @@ def jax_workload(args: argparse.Namespace) -> peers.Workload:
 
   run_infer = lambda: jax.block_until_ready(infer_fn(variables, images))  # noqa: E731
   run_single = lambda: jax.block_until_ready(single_fn(variables, images[:1]))  # noqa: E731
-  for fn in (train, run_infer, run_single):  # warm-up: first runs allocate and page in
-    fn()
+  warm_up(train, run_infer, run_single)
   device = jax.devices()[0]
   return peers.Workload(train, run_infer, run_single, compile_s,
                         f'jax {jax.__version__} {device.platform} {device.device_kind}')
@@ -149,8 +157,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     work = peers.keras_workload(args.alpha, args.resolution, args.batch)
   else:
     work = peers.torch_workload(args.alpha, args.resolution, args.batch, variant)
-  for fn in (work.train_step, work.infer_batch, work.infer_single):
-    fn()
+  warm_up(work.train_step, work.infer_batch, work.infer_single)
   row = summarize(work, args)
   row['variant'] = 'float32' if name == 'keras' else variant
   return row
