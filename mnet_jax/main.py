@@ -103,7 +103,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
     FLAGS.config.to_dict()  # loads the config file and applies the overrides now
     return remaining
   except (AttributeError, KeyError) as e:
-    print(f'error: unknown config field {str(e).strip(chr(34))} (check the --config.* overrides)',
+    # ml_collections raises KeyError("'name'\nDid you mean ...?"), possibly inside an AttributeError.
+    while isinstance(e, (AttributeError, KeyError)) and e.args and isinstance(e.args[0], Exception):
+      e = e.args[0]
+    lines = [line.strip() for line in str(e.args[0] if e.args else e).splitlines() if line.strip()]
+    hint = f' ({lines[1][0].lower()}{lines[1][1:]})' if len(lines) > 1 else ''
+    print(f'error: unknown config field {lines[0] if lines else e}{hint}; check the --config.* overrides',
           file=sys.stderr)
   except Exception as e:  # noqa: BLE001 - flag, file and config errors all end here
     if '--verbose' in argv:

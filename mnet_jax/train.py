@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import functools
 import os
+import pathlib
 import shutil
 import signal
 import time
@@ -225,6 +226,19 @@ def prepared_dataset_info(data: ml_collections.ConfigDict) -> input_pipeline.Dat
   return input_pipeline.dataset_info(data)
 
 
+def _check_workdir_creatable(workdir: epath.Path) -> None:
+  """ValueError unless the workdir's nearest existing ancestor is a directory we may write (local paths)."""
+  if '://' in str(workdir):
+    return
+  existing = pathlib.Path(os.path.abspath(workdir))
+  while not existing.exists():
+    existing = existing.parent
+  if not existing.is_dir():
+    raise ValueError(f'cannot write to workdir {workdir}: {existing} is not a directory')
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise ValueError(f'cannot write to workdir {workdir}: permission denied on {existing}')
+
+
 def _make_workdir(workdir: epath.Path) -> None:
   try:
     workdir.mkdir(parents=True, exist_ok=True)
@@ -275,9 +289,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.batch_size < 1 or config.batch_size % jax.device_count():
     raise ValueError(f'batch_size {config.batch_size} is not a positive multiple of the '
                      f'{jax.device_count()} devices')
+  workdir = run_path(workdir)
+  _check_workdir_creatable(workdir)  # before preparing a dataset for a run that cannot be written
   info = prepared_dataset_info(config.data)
   model = create_model(config.model, info.num_classes)
-  workdir = run_path(workdir)
   _make_workdir(workdir)
   check_saved_config(workdir, config)
   try:

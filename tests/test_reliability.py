@@ -34,14 +34,52 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_data_dir, tmp_path
   assert not workdir.exists()
 
 
-def test_changed_config_is_refused_naming_the_fields(tiny_data_dir, tmp_path):
-  overrides = tiny_overrides(tiny_data_dir, num_train_steps=1)
-  subprocess.run(main_command(tmp_path, overrides), env=subprocess_env(tmp_path), check=True, timeout=300,
-                 capture_output=True)
+@pytest.mark.parametrize('extra, message', [
+    (['--config.model.alpah=0.5'], "unknown config field 'alpah' (did you mean \"alpha\""),
+    (['--config.model.alpha=abc'], 'could not convert'),
+    (['--config.batch_size=1.5'], 'invalid literal'),
+    (['--no_such_flag'], 'no_such_flag'),
+])
+def test_mistyped_config_or_flag_is_one_line_exit_2_and_writes_nothing(tmp_path, extra, message):
+  workdir = tmp_path / 'run'
+  result = subprocess.run(main_command(workdir, {}, *extra), env=subprocess_env(tmp_path), capture_output=True,
+                          text=True, timeout=60)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith('error:') and message in lines[0], result.stderr
+  assert not workdir.exists()
+
+
+def test_unwritable_workdir_is_one_line_exit_2_before_any_data_is_prepared(tmp_path):
+  (tmp_path / 'a_file').write_text('')
+  data_dir = tmp_path / 'tfds'
+  overrides = tiny_overrides(data_dir)
+  result = subprocess.run(main_command(tmp_path / 'a_file' / 'run', overrides), env=subprocess_env(tmp_path),
+                          capture_output=True, text=True, timeout=60)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and 'cannot write to workdir' in lines[0] and 'not a directory' in lines[0], result.stderr
+  assert not data_dir.exists()
+
+
+def test_verbose_shows_the_traceback(tiny_data_dir, tmp_path):
+  result = subprocess.run(main_command(tmp_path / 'run', tiny_overrides(tiny_data_dir, **{'model.alpha': 0.0}),
+                                       '--verbose'), env=subprocess_env(tmp_path), capture_output=True, text=True,
+                          timeout=120)
+  assert result.returncode == 2
+  last = result.stderr.strip().splitlines()[-1]
+  assert 'Traceback (most recent call last)' in result.stderr and last.startswith('error:') and 'alpha' in last
+
+
+def test_changed_config_is_refused_naming_the_fields(reference_run, cache_dir, tmp_path):
+  ref_workdir, overrides = reference_run
+  workdir = tmp_path / 'run'
+  shutil.copytree(ref_workdir, workdir)  # a finished run; the refusal must come before any training
   changed = dict(overrides, **{'optim.learning_rate': 0.5})
-  result = subprocess.run(main_command(tmp_path, changed), env=subprocess_env(tmp_path), capture_output=True,
+  result = subprocess.run(main_command(workdir, changed), env=subprocess_env(cache_dir), capture_output=True,
                           text=True, timeout=120)
   assert result.returncode == 2 and 'optim.learning_rate' in result.stderr, result.stderr
+  assert (workdir / 'config.json').read_text() == (ref_workdir / 'config.json').read_text()
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_143(tiny_data_dir, tmp_path):
@@ -60,23 +98,24 @@ def test_sigterm_saves_a_checkpoint_and_exits_143(tiny_data_dir, tmp_path):
   assert not (tmp_path / 'results.json').exists()
 
 
-def test_corrupt_newest_checkpoint_falls_back_to_previous(tiny_data_dir, tmp_path):
-  overrides = tiny_overrides(tiny_data_dir, num_train_steps=8, checkpoint_every_steps=4)
-  subprocess.run(main_command(tmp_path, overrides), env=subprocess_env(tmp_path), check=True, timeout=300,
-                 capture_output=True)
-  expected = flat(final_params(tmp_path))
-  for path in (tmp_path / 'checkpoints' / '8').rglob('*'):  # damage every data file of the newest checkpoint
+def test_corrupt_newest_checkpoint_falls_back_to_previous(reference_run, cache_dir, tmp_path):
+  ref_workdir, overrides = reference_run
+  workdir = tmp_path / 'run'
+  shutil.copytree(ref_workdir, workdir)
+  expected = flat(final_params(ref_workdir))
+  newest, previous = sorted(checkpoint_steps(workdir))[-1], sorted(checkpoint_steps(workdir))[-2]
+  for path in (workdir / 'checkpoints' / str(newest)).rglob('*'):  # damage every data file of the newest one
     if path.is_file() and path.stat().st_size > 64:
       path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
-  (tmp_path / 'results.json').unlink()
-  result = subprocess.run(main_command(tmp_path, overrides), env=subprocess_env(tmp_path), capture_output=True,
+  (workdir / 'results.json').unlink()
+  result = subprocess.run(main_command(workdir, overrides), env=subprocess_env(cache_dir), capture_output=True,
                           text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
-  assert 'skipping damaged checkpoint at step 8' in result.stdout
-  assert 'resumed from checkpoint at step 4' in result.stdout
-  got = flat(final_params(tmp_path))
+  assert f'skipping damaged checkpoint at step {newest}' in result.stdout
+  assert f'resumed from checkpoint at step {previous}' in result.stdout
+  got = flat(final_params(workdir))
   for key in expected:
-    np.testing.assert_array_equal(got[key], expected[key], err_msg=key)  # retrained 4 -> 8 identically
+    np.testing.assert_array_equal(got[key], expected[key], err_msg=key)  # retrained the last steps identically
 
 
 def checkpoint_steps(workdir) -> list[int]:
