@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 
 VARIANTS = ('separable', 'conv', 'shallow')
 MIN_RESOLUTION = 32
@@ -76,14 +77,14 @@ def check_variant(variant: str) -> None:
 
 
 def check_alpha(alpha: float) -> None:
-  if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
+  if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not math.isfinite(alpha) or alpha <= 0:
     raise ValueError(f'width multiplier alpha must be a positive number, got {alpha!r}')
   if alpha > 8:
     raise ValueError(f'width multiplier alpha={alpha} is absurd (expected 0 < alpha <= 8)')
 
 
 def check_resolution(resolution: int) -> None:
-  if isinstance(resolution, bool) or not isinstance(resolution, int):
+  if isinstance(resolution, bool) or not isinstance(resolution, numbers.Integral):
     raise ValueError(f'resolution must be an integer number of pixels, got {resolution!r}')
   if resolution < MIN_RESOLUTION:
     raise ValueError(f'resolution must be at least {MIN_RESOLUTION} pixels, got {resolution}')
@@ -100,8 +101,10 @@ def layers(
   """Every convolution and the classifier of a MobileNet, in order, with shapes."""
   check_alpha(alpha)
   check_resolution(resolution)
-  if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+  if isinstance(num_classes, bool) or not isinstance(num_classes, numbers.Integral) or num_classes < 1:
     raise ValueError(f'num_classes must be a positive integer, got {num_classes!r}')
+  if isinstance(min_depth, bool) or not isinstance(min_depth, numbers.Integral) or min_depth < 1:
+    raise ValueError(f'min_depth must be a positive integer, got {min_depth!r}')
   result = []
   size, channels = resolution, in_channels
   for index, block in enumerate(block_specs(variant)):

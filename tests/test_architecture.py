@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from mnet_jax import architecture, cost
@@ -132,6 +133,18 @@ def test_width_multiplier_channels(alpha, channels):
 
 def test_min_depth_is_a_parameter():
   assert architecture.layers(0.1, 64, min_depth=16)[0].out_channels == 16
+
+
+@pytest.mark.parametrize('min_depth', [0, -8, 2.5, True])
+def test_bad_min_depth(min_depth):
+  with pytest.raises(ValueError, match='min_depth'):
+    architecture.layers(0.1, 64, min_depth=min_depth)
+
+
+def test_numpy_scalars_are_numbers_too():
+  # e.g. alphas from np.linspace or resolutions from an np.array sweep grid
+  assert architecture.layers(np.float64(0.5), np.int64(64)) == architecture.layers(0.5, 64)
+  assert architecture.layers(np.float32(0.25), 32, num_classes=np.int32(10))[-1].out_channels == 10
 
 
 @pytest.mark.parametrize('alpha', [0, -0.5, float('nan'), float('inf'), 100.0, '1.0', None])
