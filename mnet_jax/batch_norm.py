@@ -49,8 +49,7 @@ def _normalize_and_clip(y, mean, var, scale, bias, epsilon, clip_max):
 def batch_norm_act_train(y: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float,
                          clip_max: float) -> tuple[jax.Array, jax.Array, jax.Array]:
   """Training-mode BatchNorm then clip(., 0, clip_max); returns (output, batch mean, batch variance)."""
-  mean, var = batch_statistics(y)
-  return _normalize_and_clip(y, mean, var, scale, bias, epsilon, clip_max)[0], mean, var
+  return _train_forward(y, scale, bias, epsilon, clip_max)[0]
 
 
 def _train_forward(y, scale, bias, epsilon, clip_max):

@@ -10,11 +10,16 @@ from typing import Any
 from etils import epath
 
 
+def is_remote(path: str | os.PathLike) -> bool:
+  """True for object-store paths such as gs://bucket/dir."""
+  return '://' in os.fspath(path)
+
+
 def write_atomically(path: str | os.PathLike, data: bytes) -> None:
   """Replace `path` with `data` so that readers see the old or the new file, never a partial one."""
   path = epath.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  if '://' in str(path):
+  if is_remote(path):
     # Object stores (gs://) publish an object only once its upload completes: already atomic.
     path.write_bytes(data)
     return
@@ -56,4 +61,4 @@ def read_json(path: str | os.PathLike) -> Any:
 def run_path(path: str | os.PathLike) -> epath.Path:
   """A workdir as an absolute epath.Path: local folders and gs:// buckets alike."""
   text = os.fspath(path)
-  return epath.Path(text if '://' in text else os.path.abspath(text))
+  return epath.Path(text if is_remote(text) else os.path.abspath(text))

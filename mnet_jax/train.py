@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from mnet_jax import architecture, cost, input_pipeline, optim
-from mnet_jax.fileio import atomic_write_json, read_json, run_path
+from mnet_jax.fileio import atomic_write_json, is_remote, read_json, run_path
 from mnet_jax.metric_writer import MetricWriter
 from mnet_jax.models import MobileNetV1
 
@@ -228,9 +228,9 @@ def prepared_dataset_info(data: ml_collections.ConfigDict) -> input_pipeline.Dat
 
 def _check_workdir_creatable(workdir: epath.Path) -> None:
   """ValueError unless the workdir's nearest existing ancestor is a directory we may write (local paths)."""
-  if '://' in str(workdir):
+  if is_remote(workdir):
     return
-  existing = pathlib.Path(os.path.abspath(workdir))
+  existing = pathlib.Path(workdir)  # absolute: see `run_path`
   while not existing.exists():
     existing = existing.parent
   if not existing.is_dir():
@@ -327,7 +327,7 @@ def _check_space(workdir: epath.Path, needed: int, step: int) -> None:
   print dozens of tracebacks from their writer threads.
   """
   needed = int(1.1 * needed) + 2**20  # the state plus metadata
-  free = None if '://' in str(workdir) else shutil.disk_usage(workdir / 'checkpoints').free
+  free = None if is_remote(workdir) else shutil.disk_usage(workdir / 'checkpoints').free
   if any_process(free is not None and free < needed):
     raise DiskFullError(f'no space left in {workdir} for the checkpoint at step {step} (it needs '
                         f'~{needed / 1e6:.1f} MB, {(free or 0) / 1e6:.1f} MB free); {_kept_checkpoint(workdir)}. '
