@@ -242,7 +242,7 @@ def _check_workdir_creatable(workdir: epath.Path) -> None:
 def _make_workdir(workdir: epath.Path) -> None:
   try:
     workdir.mkdir(parents=True, exist_ok=True)
-    probe = workdir / '.write_test'
+    probe = workdir / f'.write_test.{jax.process_index()}'  # processes sharing a workdir must not race
     probe.write_text('')
     probe.unlink()
   except OSError as e:
