@@ -10,6 +10,7 @@ paths share one parameter layout, (3, 3, 1, C) for depthwise kernels and
 from __future__ import annotations
 
 import functools
+import importlib.util
 from typing import Any
 
 import flax.linen as nn
@@ -70,6 +71,13 @@ def _windows(phases: jax.Array, kh: int, kw: int, stride: int, out_h: int, out_w
                          j // stride:j // stride + out_w, j % stride, :]
 
 
+def compiled_kernel_grad_applies(dtype: Any) -> bool:
+  """Whether the depthwise kernel gradient runs as `cpu_kernels`' compiled pass: float32 on a
+  single CPU device, numba installed. (Data-parallel runs would gather the batch into it.)"""
+  return (jnp.dtype(dtype) == jnp.float32 and jax.default_backend() == 'cpu' and jax.device_count() == 1
+          and importlib.util.find_spec('numba') is not None)
+
+
 def _shifted_forward(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   kh, kw = kernel.shape[:2]
   phases, (out_h, out_w, *_) = _phases(x, kh, kw, stride)
@@ -94,17 +102,14 @@ def _shifted_forward_with_residuals(x, kernel, stride):
   return _shifted_forward(x, kernel, stride), (x, kernel)
 
 
-def _shifted_backward(stride, residuals, grad):
-  """Input gradient per polyphase component; kernel gradient one image at a time.
+def _kernel_grad_scanned(x, grad, kh, kw, stride):
+  """The kernel gradient, nine reductions over (N, H, W), in XLA one image at a time.
 
-  The kernel gradient is nine reductions over (N, H, W); done over the whole batch each
-  one streams both tensors from memory, while a scan over images keeps one image's
-  window and gradient in cache for all nine (measured ~2x faster per layer here).
+  Done over the whole batch each reduction streams both tensors from memory, while a scan
+  over images keeps one image's window and gradient in cache for all nine (measured ~2x
+  faster per layer here).
   """
-  x, kernel = residuals
-  kh, kw = kernel.shape[:2]
-  n, height, width, c = x.shape
-  phases, (out_h, out_w, rows_h, rows_w, lo_h, lo_w) = _phases(x, kh, kw, stride)
+  phases, (out_h, out_w, *_) = _phases(x, kh, kw, stride)
 
   def accumulate(total, image_and_grad):
     image, image_grad = image_and_grad[0][None], image_and_grad[1][None]
@@ -112,8 +117,38 @@ def _shifted_backward(stride, residuals, grad):
             for _, _, window in _windows(image, kh, kw, stride, out_h, out_w)]
     return total + jnp.stack(taps), None
 
-  kernel_grad, _ = jax.lax.scan(accumulate, jnp.zeros((kh * kw, c), grad.dtype), (phases, grad))
-  kernel_grad = kernel_grad.reshape(kh, kw, 1, c).astype(kernel.dtype)
+  total, _ = jax.lax.scan(accumulate, jnp.zeros((kh * kw, x.shape[-1]), grad.dtype), (phases, grad))
+  return total.reshape(kh, kw, 1, x.shape[-1])
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def _kernel_grad_compiled(x, grad, stride):
+  """The 3x3 kernel gradient as `cpu_kernels`' single compiled pass."""
+  from mnet_jax import cpu_kernels  # imports numba: only where it is used
+  top, left = same_padding(x.shape[1], 3, stride)[0], same_padding(x.shape[2], 3, stride)[0]
+  return cpu_kernels.depthwise_kernel_grad(x, grad, stride, top, left)
+
+
+@_kernel_grad_compiled.defjvp
+def _kernel_grad_compiled_jvp(stride, primals, tangents):
+  # Bilinear in (x, grad); the tangent goes through XLA's formulation, which JAX can
+  # differentiate and transpose further (the compiled call it cannot).
+  (x, grad), (x_dot, grad_dot) = primals, tangents
+  return (_kernel_grad_compiled(x, grad, stride),
+          _kernel_grad_scanned(x_dot, grad, 3, 3, stride) + _kernel_grad_scanned(x, grad_dot, 3, 3, stride))
+
+
+def _shifted_backward(stride, residuals, grad):
+  """Input gradient per polyphase component; the kernel gradient compiled or scanned."""
+  x, kernel = residuals
+  kh, kw = kernel.shape[:2]
+  n, height, width, c = x.shape
+  out_h, out_w, rows_h, rows_w, lo_h, lo_w = _phases(x, kh, kw, stride)[1]
+  if (kh, kw) == (3, 3) and compiled_kernel_grad_applies(grad.dtype):
+    kernel_grad = _kernel_grad_compiled(x, grad, stride)
+  else:
+    kernel_grad = _kernel_grad_scanned(x, grad, kh, kw, stride)
+  kernel_grad = kernel_grad.astype(kernel.dtype)
 
   # Tap (i, j) sent phase (i % s, j % s) at offset (i // s, j // s) to the output, so its
   # gradient is the output gradient shifted back by that offset (a pad) times the tap.
