@@ -7,17 +7,14 @@ of small ops per train step. This kernel reads the input and the gradient once a
 the nine partial sums of each channel in L1 (measured in BENCHMARKS.md).
 
 The kernel is plain single-threaded machine code (no Python, no GIL), registered as an
-XLA FFI handler and called on XLA's buffers in place; the batch is split into one call
-per core, which XLA's executor runs side by side. It applies to float32 on a single CPU
-device: under SPMD partitioning an opaque custom call would gather the whole batch, so
-data-parallel runs keep XLA's formulation (tests check that the two agree).
+XLA FFI handler and run on XLA's buffers in place. It is off the critical path of the
+backward pass: while it runs, XLA's other thread goes on with the input gradients.
+`layers.compiled_kernel_grad_applies` says where it is used.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
-import os
 
 import jax
 import jax.numpy as jnp
@@ -42,13 +39,13 @@ def _words(address, count):
 
 
 @numba.njit(cache=True, fastmath=True, boundscheck=False)
-def _accumulate(x, grad, stride, top, left, first, last, out):
-  """out[i, j, c] = sum over images first..last-1 and output pixels of tap (i, j)'s input times grad."""
-  _, height, width, channels = x.shape
+def _accumulate(x, grad, stride, top, left, out):
+  """out[i, j, c] = the sum over images and output pixels of tap (i, j)'s input pixel times grad."""
+  n_images, height, width, channels = x.shape
   out_h, out_w = grad.shape[1], grad.shape[2]
   out[:] = 0.0
   image_sum = np.empty((3, 3, channels), np.float32)
-  for n in range(first, last):
+  for n in range(n_images):
     image_sum[:] = 0.0  # per-image partial sums: shorter float32 accumulation chains
     for o in range(out_h):
       for p in range(out_w):
@@ -84,9 +81,9 @@ def _handler(call_frame):
   xd, gd = _words(x_buffer[5], 4), _words(grad_buffer[5], 4)
   x = numba.carray(_pointer(x_buffer[3]), (xd[0], xd[1], xd[2], xd[3]), np.float32)
   grad = numba.carray(_pointer(grad_buffer[3]), (gd[0], gd[1], gd[2], gd[3]), np.float32)
-  params = numba.carray(_pointer(params_buffer[3]), (5,), np.int32)
+  params = numba.carray(_pointer(params_buffer[3]), (3,), np.int32)
   out = numba.carray(_pointer(out_buffer[3]), (3, 3, xd[3]), np.float32)
-  _accumulate(x, grad, params[0], params[1], params[2], params[3], params[4], out)
+  _accumulate(x, grad, params[0], params[1], params[2], out)
   return _pointer(0)
 
 
@@ -103,8 +100,4 @@ def depthwise_kernel_grad(x: jax.Array, grad: jax.Array, stride: int, top: int, 
     raise ValueError(f'expected float32 NHWC input and gradient, got {x.dtype}{x.shape}, {grad.dtype}{grad.shape}')
   _register()
   call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((3, 3, x.shape[-1]), jnp.float32))
-  # One call per core over a range of images; each reads the whole operands in place.
-  bounds = np.linspace(0, x.shape[0], min(x.shape[0], os.cpu_count() or 1) + 1).astype(int)
-  parts = [call(x, grad, jnp.array([stride, top, left, first, last], jnp.int32))
-           for first, last in itertools.pairwise(bounds)]
-  return functools.reduce(jnp.add, parts)[:, :, None, :]
+  return call(x, grad, jnp.array([stride, top, left], jnp.int32))[:, :, None, :]
