@@ -185,6 +185,22 @@ def worker_specs(args: argparse.Namespace, has_cuda: bool) -> list[str]:
   return specs
 
 
+def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+  """One row from a framework's rows of several rounds: the median of the round medians, the
+  widest spread, and the first note if any round failed."""
+  measured = [row for row in rounds if 'note' not in row]
+  if not measured:
+    return rounds[0]
+  merged = dict(measured[0])
+  for key, _, _ in METRICS:
+    merged[key] = statistics.median(row[key] for row in measured)
+    spread_key = key.replace('_img_s', '_spread').replace('_ms', '_spread')
+    if spread_key != key and spread_key in merged:
+      merged[spread_key] = [min(row[spread_key][0] for row in measured), max(row[spread_key][1] for row in measured)]
+  merged['rounds'] = len(measured)
+  return merged
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
   """Each figure with its ratio to the fastest peer (>1 = mnet_jax-style better: faster/shorter)."""
   best = {}
@@ -217,6 +233,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument('--batch', type=int, default=32)
   parser.add_argument('--steps', type=int, default=3, help='timed calls per repeat')
   parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--rounds', type=int, default=1,
+                      help='measure every framework this many times, interleaved (A, B, C, A, B, C, ...), and report '
+                           'the median of the rounds: robust to a machine whose speed drifts over minutes')
   parser.add_argument('--dtype', default='float32', help=f'mnet_jax compute dtype: {", ".join(DTYPES)}')
   parser.add_argument('--depthwise_impl', default='auto', help=f'one of {", ".join(DEPTHWISE_IMPLS)}')
   parser.add_argument('--peers', default='keras,pytorch', help='comma list of keras,pytorch; "none" for none')
@@ -230,8 +249,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   try:
     architecture.check_alpha(args.alpha)
     architecture.check_resolution(args.resolution)
-    if args.batch < 1 or args.steps < 1 or args.repeats < 1:
-      raise ValueError('--batch, --steps and --repeats must be positive')
+    if min(args.batch, args.steps, args.repeats, args.rounds) < 1:
+      raise ValueError('--batch, --steps, --repeats and --rounds must be positive')
     if args.dtype not in DTYPES:
       raise ValueError(f'--dtype must be one of {", ".join(DTYPES)}, got {args.dtype!r}')
     if args.depthwise_impl not in DEPTHWISE_IMPLS:
@@ -266,21 +285,26 @@ def main(argv: list[str] | None = None) -> None:
   # conditions for all, and the figures are what a training run gets.
   retained = None if args.system_malloc else runtime.retaining_memory_env()
   env = retained or dict(os.environ)
+  specs = worker_specs(args, has_cuda)
+  measured: dict[str, list[dict[str, Any]]] = {spec: [] for spec in specs}
+  for round_index in range(args.rounds):
+    for spec in specs:
+      log(f'measuring {spec} (alpha={args.alpha}, {args.resolution}px, batch {args.batch}), '
+          f'round {round_index + 1}/{args.rounds} ...')
+      measured[spec].append(run_isolated(spec, passthrough, env))
+      log(json.dumps(measured[spec][-1]))
   rows = []
-  for spec in worker_specs(args, has_cuda):
-    log(f'measuring {spec} (alpha={args.alpha}, {args.resolution}px, batch {args.batch}) ...')
-    row = run_isolated(spec, passthrough, env)
+  for spec in specs:
+    row = merge_rounds(measured[spec])
     framework, _, variant = spec.partition(':')
-    row = {'framework': framework, 'variant': row.pop('variant', variant or args.dtype), **row}
-    rows.append(row)
-    log(json.dumps(row))
+    rows.append({'framework': framework, 'variant': row.pop('variant', variant or args.dtype), **row})
   pipeline = {'note': 'skipped: --no_pipeline'} if args.no_pipeline else None
   if pipeline is None:
     log('measuring the input pipeline ...')
     pipeline = input_pipeline_rate(args)
   machine = {'platform': platform.platform(), 'processor': platform.processor(), 'cpus': os.cpu_count(),
              'python': platform.python_version(), 'load_avg_1min': os.getloadavg()[0]}
-  config = {k: getattr(args, k) for k in ('alpha', 'resolution', 'batch', 'steps', 'repeats', 'dtype',
+  config = {k: getattr(args, k) for k in ('alpha', 'resolution', 'batch', 'steps', 'repeats', 'rounds', 'dtype',
                                          'depthwise_impl', 'peers')}
   config['glibc_tunables'] = env.get('GLIBC_TUNABLES', '')
   print(format_table(rows))
