@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import itertools
 from typing import Any
 
 import flax.linen as nn
@@ -79,28 +78,11 @@ def compiled_kernel_grad_applies(dtype: Any) -> bool:
           and importlib.util.find_spec('numba') is not None)
 
 
-def _strided_tap(x: jax.Array, offset_h: int, offset_w: int, stride: int, out_h: int, out_w: int) -> jax.Array:
-  """The input pixels (o * stride + offset_h, p * stride + offset_w) for every output (o, p), zero
-  outside x: a strided slice padded at the borders, which XLA fuses into its consumer."""
-  def axis(offset, size, out):
-    before = -(-max(-offset, 0) // stride)  # leading outputs that read the padding
-    first = before * stride + offset
-    count = max(min(out - before, -(-(size - first) // stride)), 0)
-    return slice(first, first + (count - 1) * stride + 1, stride), (before, out - before - count)
-  rows, pad_h = axis(offset_h, x.shape[1], out_h)
-  cols, pad_w = axis(offset_w, x.shape[2], out_w)
-  return jnp.pad(x[:, rows, cols], ((0, 0), pad_h, pad_w, (0, 0)))
-
-
 def _shifted_forward(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   kh, kw = kernel.shape[:2]
-  phases, (out_h, out_w, _, _, lo_h, lo_w) = _phases(x, kh, kw, stride)
-  if stride == 1:  # shifted slices of one padded copy (measured faster at stride 1)
-    windows = (window for _, _, window in _windows(phases, kh, kw, stride, out_h, out_w))
-  else:  # strided slices of x itself: no polyphase copy (measured ~2.5x faster at stride 2)
-    windows = (_strided_tap(x, i - lo_h, j - lo_w, stride, out_h, out_w) for i in range(kh) for j in range(kw))
+  phases, (out_h, out_w, *_) = _phases(x, kh, kw, stride)
   out = None
-  for (i, j), window in zip(itertools.product(range(kh), range(kw)), windows, strict=True):
+  for i, j, window in _windows(phases, kh, kw, stride, out_h, out_w):
     term = window * kernel[i, j, 0]
     out = term if out is None else out + term
   return out
