@@ -35,6 +35,7 @@ DTYPES = ('float32', 'bfloat16')
 WARMUP_CALLS = 3
 METRICS = (('train_img_s', 'train img/s', True), ('infer_img_s', 'infer img/s', True),
            ('latency_ms', 'batch-1 ms', False), ('compile_s', 'compile s', False))
+SPREADS = {'train_img_s': 'train_spread', 'infer_img_s': 'infer_spread', 'latency_ms': 'latency_spread'}  # [min, max]
 
 
 def log(message: str) -> None:
@@ -194,8 +195,8 @@ def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
   merged = dict(measured[0])
   for key, _, _ in METRICS:
     merged[key] = statistics.median(row[key] for row in measured)
-    spread_key = key.replace('_img_s', '_spread').replace('_ms', '_spread')
-    if spread_key != key and spread_key in merged:
+    spread_key = SPREADS.get(key)
+    if spread_key in merged:
       merged[spread_key] = [min(row[spread_key][0] for row in measured), max(row[spread_key][1] for row in measured)]
   merged['rounds'] = len(measured)
   return merged
@@ -219,8 +220,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
       ratio = ''
       if key in best and row[key] > 0:
         ratio = f' ({(row[key] / best[key]) if higher else (best[key] / row[key]):.2f}x)'
-      spread = row.get(key.replace('_img_s', '_spread').replace('_ms', '_spread'))
-      spread_text = f' [{spread[0]:.3g}-{spread[1]:.3g}]' if spread and key != 'compile_s' else ''
+      spread = row.get(SPREADS.get(key))
+      spread_text = f' [{spread[0]:.3g}-{spread[1]:.3g}]' if spread else ''
       cells.append(f'{row[key]:.3g}{spread_text}{ratio}')
     lines.append(f"| {row['framework']} | {row['variant']} | " + ' | '.join(cells) + ' |')
   return '\n'.join(lines)

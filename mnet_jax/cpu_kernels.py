@@ -8,7 +8,8 @@ the nine partial sums of each channel in L1 (measured in BENCHMARKS.md).
 
 The kernel is plain single-threaded machine code (no Python, no GIL), registered as an
 XLA FFI handler and run on XLA's buffers in place. It is off the critical path of the
-backward pass: while it runs, XLA's other thread goes on with the input gradients.
+backward pass (only the optimizer update waits for it), so XLA can go on with the input
+gradients meanwhile.
 `layers.compiled_kernel_grad_applies` says where it is used.
 """
 

@@ -46,6 +46,13 @@ def depthwise_conv_grouped(x: jax.Array, kernel: jax.Array, stride: int) -> jax.
       feature_group_count=x.shape[-1])
 
 
+def _phase_geometry(height: int, width: int, kh: int, kw: int, stride: int) -> tuple[int, ...]:
+  """(out_h, out_w, rows_h, rows_w, lo_h, lo_w) of `_phases`: output size, phase rows, 'SAME' padding before."""
+  out_h, out_w = -(-height // stride), -(-width // stride)
+  (lo_h, _), (lo_w, _) = same_padding(height, kh, stride), same_padding(width, kw, stride)
+  return out_h, out_w, out_h + (kh - 1) // stride, out_w + (kw - 1) // stride, lo_h, lo_w
+
+
 def _phases(x: jax.Array, kh: int, kw: int, stride: int) -> tuple[jax.Array, tuple[int, ...]]:
   """'SAME'-pad x and split it into stride x stride polyphase components.
 
@@ -55,12 +62,10 @@ def _phases(x: jax.Array, kh: int, kw: int, stride: int) -> tuple[jax.Array, tup
   strided gathers, and the transpose (the input gradient) is a sum of plain pads.
   """
   n, height, width, c = x.shape
-  out_h, out_w = -(-height // stride), -(-width // stride)
-  (lo_h, _), (lo_w, _) = same_padding(height, kh, stride), same_padding(width, kw, stride)
-  rows_h, rows_w = out_h + (kh - 1) // stride, out_w + (kw - 1) // stride
+  geometry = out_h, out_w, rows_h, rows_w, lo_h, lo_w = _phase_geometry(height, width, kh, kw, stride)
   padded = jnp.pad(x, ((0, 0), (lo_h, stride * rows_h - height - lo_h),
                        (lo_w, stride * rows_w - width - lo_w), (0, 0)))
-  return padded.reshape(n, rows_h, stride, rows_w, stride, c), (out_h, out_w, rows_h, rows_w, lo_h, lo_w)
+  return padded.reshape(n, rows_h, stride, rows_w, stride, c), geometry
 
 
 def _windows(phases: jax.Array, kh: int, kw: int, stride: int, out_h: int, out_w: int):
@@ -143,7 +148,7 @@ def _shifted_backward(stride, residuals, grad):
   x, kernel = residuals
   kh, kw = kernel.shape[:2]
   n, height, width, c = x.shape
-  out_h, out_w, rows_h, rows_w, lo_h, lo_w = _phases(x, kh, kw, stride)[1]
+  out_h, out_w, rows_h, rows_w, lo_h, lo_w = _phase_geometry(height, width, kh, kw, stride)
   if (kh, kw) == (3, 3) and compiled_kernel_grad_applies(grad.dtype):
     kernel_grad = _kernel_grad_compiled(x, grad, stride)
   else:

@@ -23,7 +23,7 @@ def numpy_kernel_grad(x: np.ndarray, grad: np.ndarray, stride: int) -> np.ndarra
   return out
 
 
-# (batch, height, width, channels, stride): odd/even sizes, both strides, a batch the cores split unevenly.
+# (batch, height, width, channels, stride): odd/even sizes, both strides, a single pixel.
 CASES = [(2, 7, 8, 4, 1), (3, 8, 8, 16, 1), (2, 8, 7, 4, 2), (3, 7, 7, 8, 2), (1, 1, 1, 4, 1)]
 
 
