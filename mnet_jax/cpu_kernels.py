@@ -100,5 +100,6 @@ def depthwise_kernel_grad(x: jax.Array, grad: jax.Array, stride: int, top: int, 
   if x.dtype != jnp.float32 or grad.dtype != jnp.float32 or x.ndim != 4 or grad.shape[::3] != x.shape[::3]:
     raise ValueError(f'expected float32 NHWC input and gradient, got {x.dtype}{x.shape}, {grad.dtype}{grad.shape}')
   _register()
-  call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((3, 3, x.shape[-1]), jnp.float32))
+  call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((3, 3, x.shape[-1]), jnp.float32),
+                          vmap_method='sequential')  # seeds trained together: one pass per seed
   return call(x, grad, jnp.array([stride, top, left], jnp.int32))[:, :, None, :]

@@ -54,7 +54,7 @@ def main(argv: list[str]) -> int:
   if len(argv) > 1:
     print(f'error: unexpected arguments {" ".join(argv[1:])}', file=sys.stderr)
     return USAGE_ERROR
-  from mnet_jax import input_pipeline, sweep, train  # after flag parsing: keeps --help fast
+  from mnet_jax import checkpointing, input_pipeline, sweep, train  # after flag parsing: keeps --help fast
 
   logging.set_verbosity(logging.ERROR)  # library chatter (Orbax, TFDS) would drown the progress lines
   config = FLAGS.config
@@ -67,7 +67,7 @@ def main(argv: list[str]) -> int:
   except train.Preempted as e:
     print(f'preempted: {e}', file=sys.stderr)
     return 143  # 128 + SIGTERM: the job did not finish, rerunning resumes it
-  except (ValueError, input_pipeline.DatasetError, train.DiskFullError) as e:
+  except (ValueError, input_pipeline.DatasetError, checkpointing.DiskFullError) as e:
     if FLAGS.verbose:
       traceback.print_exc()
     print(f'error: {e}', file=sys.stderr)

@@ -1,6 +1,7 @@
 """Trade-off figures of a sweep: top-1 vs Mult-Adds (paper Figure 4), vs params (Figure 5), vs latency, ablations.
 
-Figures are rebuilt from results.json alone:
+Each point is the mean over its finished seeds (the 'point' rows of results.json) with its 95% CI; the
+log-linear fit comes with its 95% confidence band. Figures are rebuilt from results.json alone:
 
     python -m mnet_jax.plot --workdir=DIR
 """
@@ -22,7 +23,7 @@ from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from mnet_jax import published, report
+from mnet_jax import published, report, stats
 
 FORMATS = ('png', 'svg')
 _RESOLUTION_DASHES = ((0, (5, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)), (0, (2, 2)), (0, (8, 3)))
@@ -48,29 +49,6 @@ AXES = (
 )
 
 
-def fit_log_linear(x: Any, y: Any) -> tuple[float, float]:
-  """Least-squares (a, b) of y = a + b * log10(x); b is the change in y per tenfold x."""
-  u, y = np.log10(np.asarray(x, dtype=float)), np.asarray(y, dtype=float)
-  if u.size < 2 or np.ptp(u) == 0:
-    raise ValueError('a log-linear fit needs at least two distinct x values')
-  b = float(np.sum((u - u.mean()) * (y - y.mean())) / np.sum((u - u.mean()) ** 2))
-  return float(y.mean() - b * u.mean()), b
-
-
-def _number(row: dict[str, Any], key: str) -> float | None:
-  value = row.get(key)
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-    return None
-  return float(value)
-
-
-def _finished(rows: list[dict[str, Any]], field: str) -> list[dict[str, Any]]:
-  """Rows that can be placed on a top-1 vs `field` plot: done, with top-1 and a positive x."""
-  return [r for r in rows if r.get('status') == 'done' and _number(r, 'top1') is not None
-          and (_number(r, field) or 0) > 0 and _number(r, 'alpha') is not None
-          and _number(r, 'resolution') is not None]
-
-
 def _save(fig: Figure, out_dir: epath.Path, stem: str) -> list[epath.Path]:
   paths = []
   for fmt in FORMATS:
@@ -84,38 +62,88 @@ def _save(fig: Figure, out_dir: epath.Path, stem: str) -> list[epath.Path]:
   return paths
 
 
+def _x(row: dict[str, Any], axis: Axis) -> float:
+  return axis.scale * row[axis.field]
+
+
+def _error_bars(ax: Any, points: list[dict[str, Any]], axis: Axis, color: Any) -> None:
+  """95% CI bars on top-1 where a point has n ≥ 2 seeds; [min, max] latency spreads as horizontal bars."""
+  with_ci = [r for r in points if report.numeric(r, 'top1_ci95') is not None]
+  if with_ci:
+    ax.errorbar([_x(r, axis) for r in with_ci], [100 * r['top1'] for r in with_ci],
+                yerr=[100 * r['top1_ci95'] for r in with_ci], fmt='none', ecolor=color, elinewidth=1.2,
+                capsize=3, zorder=3)
+  spread_key = f'{axis.field}_spread'
+  spread = [r for r in points if isinstance(r.get(spread_key), (list, tuple)) and len(r[spread_key]) == 2]
+  if spread:
+    x = np.array([_x(r, axis) for r in spread])
+    low, high = (axis.scale * np.array([r[spread_key][i] for r in spread]) for i in (0, 1))
+    ax.errorbar(x, [100 * r['top1'] for r in spread], xerr=[np.maximum(x - low, 0), np.maximum(high - x, 0)],
+                fmt='none', ecolor=color, elinewidth=0.8, capsize=2, zorder=3)
+
+
+def pareto_frontier(points: list[dict[str, Any]], field: str) -> list[dict[str, Any]]:
+  """The non-dominated points, cheapest first: each has a higher top-1 than every point costing as much or less."""
+  frontier, best = [], -math.inf
+  # At equal cost the more accurate point comes first, so the other one is dominated.
+  for row in sorted(points, key=lambda r: (r[field], -r['top1'])):
+    if row['top1'] > best:
+      frontier.append(row)
+      best = row['top1']
+  return frontier
+
+
 def _tradeoff_figure(rows: list[dict[str, Any]], axis: Axis, dataset: str | None) -> Figure | None:
-  """Top-1 vs one cost: a line per α, a line per resolution, a log-linear fit, published results if ImageNet."""
-  rows = _finished([r for r in rows if r.get('variant', 'separable') == 'separable'], axis.field)
+  """Top-1 vs one cost: seed means with 95% CIs, a line per α and per resolution, the log-linear fit with its
+  95% confidence band, the Pareto frontier, and the published results if ImageNet."""
+  rows = [r for r in report.finished_points(rows, axis.field) if r.get('variant', 'separable') == 'separable']
   if not rows:
     return None
-  fig = Figure(figsize=(9.5, 5.5), layout='constrained')
+  fig = Figure(figsize=(9.5, 5.8), layout='constrained')
   ax = fig.add_subplot()
 
-  def xy(points):
-    points = sorted(points, key=lambda r: _number(r, axis.field))
-    return [axis.scale * _number(r, axis.field) for r in points], [100 * _number(r, 'top1') for r in points]
+  def by_cost(points):
+    return sorted(points, key=lambda r: r[axis.field])
 
-  alphas = sorted({_number(r, 'alpha') for r in rows}, reverse=True)
+  def xy(points):
+    return [_x(r, axis) for r in by_cost(points)], [100 * r['top1'] for r in by_cost(points)]
+
+  alphas = sorted({r['alpha'] for r in rows}, reverse=True)
   colors = matplotlib.colormaps['viridis'](np.linspace(0.0, 0.85, max(len(alphas), 2)))
   alpha_handles = []
   for alpha, color in zip(alphas, colors, strict=False):
-    x, y = xy([r for r in rows if _number(r, 'alpha') == alpha])
-    alpha_handles += ax.plot(x, y, '-o', color=color, markersize=6, linewidth=1.8, zorder=3, label=f'α = {alpha:g}')
+    points = [r for r in rows if r['alpha'] == alpha]
+    alpha_handles += ax.plot(*xy(points), '-o', color=color, markersize=6, linewidth=1.8, zorder=3,
+                             label=f'α = {alpha:g}')
+    _error_bars(ax, points, axis, color)
+  if any(report.numeric(r, 'top1_ci95') is not None for r in rows):
+    alpha_handles.append(Line2D([], [], color='0.3', marker='|', markersize=12, linestyle='none',
+                                label='95% CI of the mean\nover seeds (n ≥ 2)'))
   resolution_handles = []
-  resolutions = sorted({int(_number(r, 'resolution')) for r in rows}, reverse=True)
+  resolutions = sorted({int(r['resolution']) for r in rows}, reverse=True)
   for i, resolution in enumerate(resolutions):
-    x, y = xy([r for r in rows if int(_number(r, 'resolution')) == resolution])
+    x, y = xy([r for r in rows if int(r['resolution']) == resolution])
     if len(x) > 1:
       resolution_handles += ax.plot(x, y, color='0.35', linewidth=1.1, linestyle=_RESOLUTION_DASHES[i % 5],
                                     zorder=2, label=f'{resolution} px')
-  x_all, y_all = xy(rows)
-  fit_handles = []
-  if len(set(x_all)) > 1:
-    a, b = fit_log_linear(x_all, y_all)
-    span = np.geomspace(min(x_all), max(x_all), 50)
-    fit_handles += ax.plot(span, a + b * np.log10(span), color='tab:red', linewidth=1.2, alpha=0.8, zorder=1,
-                           label=f'log-linear fit: {b:+.1f} pts\nper 10× {axis.unit}')
+  frontier = pareto_frontier(rows, axis.field)
+  summary_handles = ax.plot(*xy(frontier), drawstyle='steps-post', color='black', linewidth=0.9, alpha=0.75,
+                            marker='o', markersize=11, markerfacecolor='none', markeredgewidth=1.2, zorder=4,
+                            label='Pareto frontier\n(best top-1 at its cost)')
+  fit = report.log_linear_fit(rows, axis.field)
+  subtitle = ''
+  if fit is not None:
+    ci = '' if fit.slope_ci95 is None else f' ± {fit.slope_ci95:.1f}'
+    r2 = '' if fit.r2 is None else f', R² {fit.r2:.2f}'
+    span = np.geomspace(min(r[axis.field] for r in rows), max(r[axis.field] for r in rows), 60)
+    summary_handles += ax.plot(axis.scale * span, fit.predict(span), color='tab:red', linewidth=1.2, alpha=0.8,
+                               zorder=1, label=f'log-linear fit: {fit.slope:+.1f}{ci} pts\nper 10× {axis.unit}{r2}')
+    if fit.residual_sd is not None:
+      low, high = fit.band(span)
+      summary_handles.append(ax.fill_between(axis.scale * span, low, high, color='tab:red', alpha=0.12,
+                                             linewidth=0, zorder=0, label='95% confidence band\nof the fit'))
+    subtitle = (f'\nfit over {fit.n} point means: {fit.slope:+.1f}{ci} points per 10× {axis.unit} '
+                f'(95% CI){r2}; seeds per point: {_seed_counts(rows)}')
   reference_handles = []
   if dataset == published.DATASET and axis.field != 'latency_ms':
     reference_handles = _overlay_published(ax, axis)
@@ -126,21 +154,30 @@ def _tradeoff_figure(rows: list[dict[str, Any]], axis: Axis, dataset: str | None
   ax.xaxis.set_minor_formatter(ticker.NullFormatter())
   ax.set_xlabel(axis.label)
   ax.set_ylabel('Top-1 accuracy (%)')
-  ax.set_title(f'MobileNet V1{f" on {dataset}" if dataset else ""}: top-1 accuracy vs {axis.title}')
+  ax.set_title(f'MobileNet V1{f" on {dataset}" if dataset else ""}: top-1 accuracy vs {axis.title}{subtitle}',
+               fontsize=10)
   ax.grid(True, which='major', alpha=0.35)
   ax.grid(True, which='minor', alpha=0.12)
   # Sections of one legend, outside the axes so it never hides a point.
-  handles = [_heading('Width multiplier (this sweep)')] + alpha_handles
+  headings = [_heading('Width multiplier (this sweep)')]
+  handles = headings[-1:] + alpha_handles
   if resolution_handles:
-    handles += [_heading('Resolution')] + resolution_handles
-  handles += fit_handles
+    headings.append(_heading('Resolution'))
+    handles += headings[-1:] + resolution_handles
+  handles += summary_handles
   if reference_handles:
-    handles += [_heading('Published (ImageNet)')] + reference_handles
+    headings.append(_heading('Published (ImageNet)'))
+    handles += headings[-1:] + reference_handles
   legend = ax.legend(handles=handles, loc='upper left', bbox_to_anchor=(1.02, 1.0), frameon=False, fontsize=9)
   for handle, text in zip(handles, legend.get_texts(), strict=True):
-    if handle.get_linestyle() == 'None' and handle.get_marker() in ('None', None, ''):
+    if any(handle is h for h in headings):
       text.set_fontweight('bold')
   return fig
+
+
+def _seed_counts(rows: list[dict[str, Any]]) -> str:
+  counts = sorted({int(r.get('n') or 0) for r in rows})
+  return f'{counts[0]}' if len(counts) == 1 else f'{counts[0]}–{counts[-1]}'
 
 
 def _heading(text: str) -> Line2D:
@@ -155,36 +192,42 @@ def _overlay_published(ax: Any, axis: Axis) -> list[Line2D]:
              dict(marker='*', markersize=9, color='black'), 'Howard et al. 2017,\nTables 6–7'))
   for results, style, label in styles:
     rows = published.as_rows(results)
-    x = [axis.scale * r[axis.field] for r in rows]
+    x = [_x(r, axis) for r in rows]
     y = [100 * r['top1'] for r in rows]
     if len(set(x)) > 1:
-      label += f' (fit slope {fit_log_linear(x, y)[1]:+.1f})'
+      label += f' (fit slope {stats.fit_log_linear(x, y).slope:+.1f})'
     handles += ax.plot(x, y, linestyle='none', zorder=4, label=label, **style)
   return handles
 
 
 def _ablation_figure(rows: list[dict[str, Any]], dataset: str | None) -> Figure | None:
-  """Tables 4/5 as bars: each non-separable model beside the separable models at the same resolution."""
-  ablation = _finished([r for r in rows if r.get('variant', 'separable') != 'separable'], 'mult_adds')
+  """Tables 4/5 as bars with 95% CIs: each non-separable model beside the separable ones at its resolution."""
+  points = report.finished_points(rows)
+  ablation = [r for r in points if r.get('variant', 'separable') != 'separable']
   if not ablation:
     return None
-  resolutions = {_number(r, 'resolution') for r in ablation}
-  baselines = _finished([r for r in rows if r.get('variant', 'separable') == 'separable'
-                         and _number(r, 'resolution') in resolutions], 'mult_adds')
+  resolutions = {r['resolution'] for r in ablation}
+  baselines = [r for r in points if r.get('variant', 'separable') == 'separable' and r['resolution'] in resolutions]
   shown = list(reversed(report.sort_rows(ablation + baselines)))  # barh draws bottom-up
   colors = {'separable': 'tab:blue', 'conv': 'tab:orange', 'shallow': 'tab:green'}
   fig = Figure(figsize=(9.5, 1.6 + 0.65 * len(shown)), layout='constrained')
   ax = fig.add_subplot()
   names = [report.model_name(r['alpha'], r['resolution'], r.get('variant', 'separable')) for r in shown]
-  top1 = [100 * _number(r, 'top1') for r in shown]
+  top1 = [100 * r['top1'] for r in shown]
+  ci = [100 * (report.numeric(r, 'top1_ci95') or 0) for r in shown]
   ax.barh(range(len(shown)), top1, color=[colors.get(r.get('variant'), 'tab:gray') for r in shown], height=0.6)
-  for i, t in enumerate(top1):  # inside the bar's end, clear of the published markers just past it
-    ax.text(t - 0.01 * ax.get_xlim()[1], i, f'{t:.1f}%', ha='right', va='center', color='white', fontweight='bold')
+  with_ci = [i for i, r in enumerate(shown) if report.numeric(r, 'top1_ci95') is not None]  # n = 1: no bar
+  if with_ci:
+    ax.errorbar([top1[i] for i in with_ci], with_ci, xerr=[ci[i] for i in with_ci], fmt='none', ecolor='black',
+                elinewidth=1.2, capsize=4, zorder=3)
+  ax.set_xlim(0, min(100.0, max(t + c for t, c in zip(top1, ci, strict=True)) * 1.1 + 5))
+  for i, (r, t, c) in enumerate(zip(shown, top1, ci, strict=True)):  # inside the bar, clear of the CI bar
+    ax.text(t - c - 0.01 * ax.get_xlim()[1], i, f'{report.mean_with_ci(r)}% (n={r.get("n")})', ha='right',
+            va='center', color='white', fontweight='bold', fontsize=9)
   ax.set_yticks(range(len(shown)),
                 [f'{n}\n{report.millions(r["mult_adds"])} M Mult-Adds, {report.millions(r["params"])} M params'
                  for n, r in zip(names, shown, strict=True)], fontsize=9)
-  ax.set_xlim(0, min(100.0, max(top1) * 1.1 + 5))
-  ax.set_xlabel('Top-1 accuracy (%)')
+  ax.set_xlabel('Top-1 accuracy (%), mean over seeds with 95% CI')
   ax.set_title(f'MobileNet V1 ablations{f" on {dataset}" if dataset else ""}\n'
                'depthwise separable vs full convolution (Table 4), narrow vs shallow (Table 5)')
   ax.grid(True, axis='x', alpha=0.35)
@@ -192,7 +235,7 @@ def _ablation_figure(rows: list[dict[str, Any]], dataset: str | None) -> Figure 
     paper = {(p.variant, p.alpha, p.resolution): p.top1
              for p in published.paper_results('Table 4') + published.paper_results('Table 5')}
     marks = [(paper[key], i) for i, r in enumerate(shown)
-             if (key := (r.get('variant', 'separable'), _number(r, 'alpha'), int(_number(r, 'resolution')))) in paper]
+             if (key := (r.get('variant', 'separable'), float(r['alpha']), int(r['resolution']))) in paper]
     if marks:
       ax.plot(*zip(*marks, strict=True), linestyle='none', marker='|', markersize=22, markeredgewidth=2.5,
               color='black', label='published ImageNet top-1 (Howard et al. 2017, Tables 4–5)')

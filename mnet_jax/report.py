@@ -1,8 +1,14 @@
-"""The sweep's results table: results.csv and results.json in the workdir, and the paper-style printout.
+"""The sweep's results table: run rows, their per-point aggregates, results.csv/json, and the paper-style printout.
 
-results.json (a list of row dicts) is the source of truth that `load_results` and the figures
-read; results.csv holds the same rows for spreadsheets. Paths go through `etils.epath`, so a
-gs:// workdir works too; on local disk every file is replaced atomically.
+results.json (a list of row dicts) is the source of truth that `load_results`, the figures and the claims
+read; results.csv holds the same rows for spreadsheets. Two kinds of row share one schema:
+
+- 'run': one training run, i.e. one (point, seed);
+- 'point': the runs of one point summarised by `aggregate` (top-1 mean, SD and 95% Student-t CI over the
+  seeds that finished). Files written before seeds existed have no `kind`: their rows read as points of n = 1.
+
+Rows are stored grouped by point (α desc, resolution desc, variant), the point row first, then its runs by
+seed. Paths go through `etils.epath`, so a gs:// workdir works too; on local disk files are replaced atomically.
 """
 
 from __future__ import annotations
@@ -12,18 +18,25 @@ import io
 import json
 import math
 import os
+import statistics
 from typing import Any
 
 from etils import epath
 
-from mnet_jax import architecture
+from mnet_jax import architecture, stats
 from mnet_jax.fileio import write_atomically
 
-# One row per sweep point, in this column order; extra keys a caller adds are kept after these.
-COLUMNS = ('name', 'alpha', 'resolution', 'rho', 'variant', 'dataset', 'mult_adds', 'params', 'top1', 'top5',
-           'latency_ms', 'infer_img_s', 'train_img_s', 'wall_s', 'steps', 'status', 'error')
+RUN, POINT = 'run', 'point'
+# The column order of both files; extra keys a caller adds are kept after these.
+COLUMNS = ('kind', 'name', 'seed', 'n', 'seeds', 'alpha', 'resolution', 'rho', 'variant', 'dataset', 'mult_adds',
+           'params', 'top1', 'top1_sd', 'top1_ci95', 'top5', 'top5_sd', 'top5_ci95', 'latency_ms',
+           'latency_ms_spread', 'infer_img_s', 'train_img_s', 'wall_s', 'steps', 'status', 'error')
 RESULTS_JSON = 'results.json'
 RESULTS_CSV = 'results.csv'
+# A point's description, identical in all of its runs.
+_POINT_FIELDS = ('alpha', 'resolution', 'rho', 'variant', 'dataset', 'mult_adds', 'params')
+# Measured once per point (not per seed) by the sweep's latency probe.
+LATENCY_FIELDS = ('latency_ms', 'latency_ms_spread', 'infer_img_s')
 # The paper's names for the ablation architectures (Tables 4 and 5).
 _VARIANT_NAMES = {'separable': 'MobileNet', 'conv': 'Conv MobileNet', 'shallow': 'Shallow MobileNet'}
 
@@ -36,18 +49,101 @@ def model_name(alpha: float, resolution: int, variant: str = 'separable') -> str
   return f'{width} {_VARIANT_NAMES.get(variant, f"{variant} MobileNet")}-{resolution}'
 
 
+def numeric(row: dict[str, Any], key: str) -> float | None:
+  """row[key] as a float when it is a finite number (not a bool), else None."""
+  value = row.get(key)
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    return None
+  return float(value)
+
+
+def _finished(row: dict[str, Any]) -> bool:
+  return row.get('status') == 'done' and numeric(row, 'top1') is not None
+
+
+def with_kind(row: dict[str, Any]) -> dict[str, Any]:
+  """The row with a `kind`: rows from before seeds (no kind) are points of one run, n = 1 if it finished."""
+  if row.get('kind') in (RUN, POINT):
+    return row
+  if row.get('kind') is not None:
+    raise ValueError(f'row {row.get("name")!r} has kind {row["kind"]!r}; expected {RUN!r} or {POINT!r}')
+  return {**row, 'kind': POINT, 'n': row.get('n', int(_finished(row)))}
+
+
+def point_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+  """The point rows among `rows` (rows without a kind count as points), in `sort_rows` order."""
+  return [r for r in sort_rows([with_kind(r) for r in rows]) if r['kind'] == POINT]
+
+
+def _seed_order(row: dict[str, Any]) -> tuple[int, str]:
+  seed = row.get('seed')
+  return (0, f'{seed:012d}') if isinstance(seed, int) else (1, str(seed))
+
+
+def aggregate(run_rows: list[dict[str, Any]], measured: dict[str, dict[str, Any]] | None = None
+              ) -> list[dict[str, Any]]:
+  """One point row per point name among the 'run' rows (other rows are ignored), in first-seen order.
+
+  Means, SDs (ddof=1) and 95% Student-t CIs are over the runs that finished (status 'done' with a top-1);
+  `measured` maps a point name to its latency probe ({'latency_ms', 'latency_ms_spread', 'infer_img_s'}),
+  which replaces latency taken from the runs. A seed given twice counts once (the last row wins).
+  """
+  groups: dict[str, dict[Any, dict[str, Any]]] = {}
+  for row in run_rows:
+    if row.get('kind') == RUN:
+      groups.setdefault(row['name'], {})[row.get('seed')] = row
+  measured = measured or {}
+  return [_point_row(name, sorted(runs.values(), key=_seed_order), measured.get(name))
+          for name, runs in groups.items()]
+
+
+def _point_row(name: str, runs: list[dict[str, Any]], measured: dict[str, Any] | None) -> dict[str, Any]:
+  done = [r for r in runs if _finished(r)]
+
+  def values(key: str, rows: list[dict[str, Any]]) -> list[float]:
+    return [numeric(r, key) for r in rows if numeric(r, key) is not None]
+
+  row = {'kind': POINT, 'name': name, 'seed': None, 'n': len(done),
+         'seeds': ','.join(str(r.get('seed')) for r in done) or None}
+  row.update({k: runs[0].get(k) for k in _POINT_FIELDS})
+  for metric in ('top1', 'top5'):
+    summary = stats.mean_ci(values(metric, done)) if values(metric, done) else None
+    for key, field in ((metric, 'mean'), (f'{metric}_sd', 'sd'), (f'{metric}_ci95', 'half_width')):
+      row[key] = getattr(summary, field) if summary else None
+  # Latency belongs to the architecture on this machine, not to a seed: the median shrugs off a run that was
+  # timed while the machine was busy. A probe measured once per point replaces it.
+  for key in ('latency_ms', 'infer_img_s'):
+    row[key] = statistics.median(values(key, runs)) if values(key, runs) else None
+  row['latency_ms_spread'] = None
+  if measured:
+    row.update({k: measured.get(k) for k in LATENCY_FIELDS})
+  row['train_img_s'] = statistics.mean(values('train_img_s', done)) if values('train_img_s', done) else None
+  row['wall_s'] = sum(values('wall_s', runs)) if values('wall_s', runs) else None  # what the point cost in all
+  row['steps'] = int(max(values('steps', done))) if values('steps', done) else None
+  failed = [r for r in runs if r.get('status') == 'failed']
+  if all(r.get('status') == 'done' for r in runs):
+    row['status'], row['error'] = 'done', None
+  elif failed:
+    row['status'], row['error'] = 'failed', f'seed {failed[0].get("seed")}: {failed[0].get("error")}'
+  else:
+    row['status'], row['error'] = ('partial' if done else 'pending'), None
+  return row
+
+
 def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-  """One row per name (the last given wins), ordered by alpha desc, resolution desc, then variant."""
-  by_name = {}
+  """One row per (kind, name, seed) (the last given wins), grouped by point: α desc, resolution desc, variant;
+  within a point the point row first, then its runs by seed."""
+  unique = {}
   for row in rows:
-    by_name[row['name']] = row
+    unique[(row.get('kind') or POINT, row['name'], row.get('seed'))] = row
   variant_rank = {v: i for i, v in enumerate(architecture.VARIANTS)}
 
   def key(row):
     return (-float(row.get('alpha') or 0), -int(row.get('resolution') or 0),
-            variant_rank.get(row.get('variant'), len(variant_rank)), str(row['name']))
+            variant_rank.get(row.get('variant'), len(variant_rank)), str(row['name']),
+            (row.get('kind') or POINT) != POINT, _seed_order(row))
 
-  return sorted(by_name.values(), key=key)
+  return sorted(unique.values(), key=key)
 
 
 def _plain(value: Any) -> Any:
@@ -56,12 +152,14 @@ def _plain(value: Any) -> Any:
     value = value.item()
   if isinstance(value, float) and not math.isfinite(value):
     return None
+  if isinstance(value, (list, tuple)):  # e.g. a [min, max] spread
+    return [_plain(v) for v in value]
   return value
 
 
 def write_results(workdir: str | os.PathLike, rows: list[dict[str, Any]]) -> list[epath.Path]:
-  """Write results.json and results.csv (one row per point, stable order); returns their paths."""
-  rows = [{k: _plain(v) for k, v in row.items()} for row in sort_rows(rows)]
+  """Write results.json and results.csv (run and point rows, `sort_rows` order); returns their paths."""
+  rows = [{k: _plain(v) for k, v in row.items()} for row in sort_rows([with_kind(r) for r in rows])]
   extra = sorted({k for row in rows for k in row} - set(COLUMNS))
   columns = list(COLUMNS) + extra
   # Serialize both before writing either, so a bad value cannot leave the two files disagreeing.
@@ -78,7 +176,7 @@ def write_results(workdir: str | os.PathLike, rows: list[dict[str, Any]]) -> lis
 
 
 def load_results(workdir: str | os.PathLike) -> list[dict[str, Any]]:
-  """The rows of `workdir`/results.json; FileNotFoundError or ValueError with a one-line reason."""
+  """The rows of `workdir`/results.json, each with a kind; FileNotFoundError or ValueError with a one-line reason."""
   path = epath.Path(workdir) / RESULTS_JSON
   if not path.exists():
     raise FileNotFoundError(f'{path} does not exist (run a sweep into {workdir} first)')
@@ -90,9 +188,14 @@ def load_results(workdir: str | os.PathLike) -> list[dict[str, Any]]:
     raise ValueError(f'{path} should hold a list of result rows (objects)')
   for i, row in enumerate(rows):
     missing = [k for k in ('name', 'alpha', 'resolution', 'mult_adds', 'params', 'status') if k not in row]
+    if row.get('kind') == RUN and 'seed' not in row:
+      missing.append('seed')
     if missing:
       raise ValueError(f'{path}: row {i} lacks {", ".join(missing)}')
-  return rows
+  try:
+    return [with_kind(row) for row in rows]
+  except ValueError as e:
+    raise ValueError(f'{path}: {e}') from None
 
 
 def millions(value: float | None) -> str:
@@ -106,24 +209,62 @@ def millions(value: float | None) -> str:
   return f'{m:.{decimals}f}'
 
 
-def _percent(value: float | None) -> str:
-  return '-' if value is None else f'{100 * value:.1f}%'
+def finished_points(rows: list[dict[str, Any]], field: str = 'mult_adds') -> list[dict[str, Any]]:
+  """Point rows that can be placed against `field`: at least one finished seed and a positive `field`.
+
+  A point with some seeds failed or pending still shows its mean over the n seeds that finished."""
+  return [r for r in point_rows(rows) if (r.get('n') or 0) >= 1 and numeric(r, 'top1') is not None
+          and (numeric(r, field) or 0) > 0 and numeric(r, 'alpha') is not None
+          and numeric(r, 'resolution') is not None]
+
+
+def log_linear_fit(rows: list[dict[str, Any]], field: str = 'mult_adds') -> stats.LogLinearFit | None:
+  """Top-1 (percent) against log10(`field`) over the separable point means; None with < 2 distinct x."""
+  points = [r for r in finished_points(rows, field) if r.get('variant', 'separable') == 'separable']
+  if len({r[field] for r in points}) < 2:
+    return None
+  return stats.fit_log_linear([r[field] for r in points], [100 * r['top1'] for r in points])
+
+
+def mean_with_ci(row: dict[str, Any], metric: str = 'top1') -> str:
+  """'63.4 ± 1.2' (percent, 95% CI half-width), '63.4' without a CI, '-' without a value."""
+  mean, half = numeric(row, metric), numeric(row, f'{metric}_ci95')
+  if mean is None:
+    return '-'
+  return f'{100 * mean:.1f}' + ('' if half is None else f' ± {100 * half:.1f}')
+
+
+def format_fit(fit: stats.LogLinearFit | None, unit: str = 'Mult-Adds') -> str:
+  """One line: the fitted slope per tenfold `unit` with its 95% CI, R² and the number of points."""
+  if fit is None:
+    return f'Log-linear fit: needs two separable points at different {unit}'
+  ci = f' ± {fit.slope_ci95:.1f}' if fit.slope_ci95 is not None else ''
+  r2 = '-' if fit.r2 is None else f'{fit.r2:.3f}'
+  return (f'Log-linear fit of top-1 (%) on log10 {unit}, {fit.n} separable point means: '
+          f'{fit.slope:+.1f}{ci} points per 10× {unit} (95% CI), R² {r2}')
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-  """The paper's Tables 6/7 layout, one line per point, plus latency and status; failed points listed below."""
-  rows = sort_rows(rows)
-  datasets = sorted({str(r['dataset']) for r in rows if r.get('dataset')})
-  header = (f'{"Model":<26} {"Top-1":>7} {"Top-5":>7} {"Million Mult-Adds":>18} {"Million Parameters":>19} '
-            f'{"Latency (ms)":>13} Status')
-  lines = [f'Results on {", ".join(datasets)}' if datasets else 'Results', header, '-' * len(header)]
-  for r in rows:
-    latency = '-' if r.get('latency_ms') is None else f'{r["latency_ms"]:.2f}'
+  """The paper's Tables 6/7 layout from the point rows: top-1/top-5 mean ± 95% CI over n seeds, cost, latency,
+  status; then the log-linear fit of top-1 on Mult-Adds; failed runs listed below."""
+  points = point_rows(rows)
+  datasets = sorted({str(r['dataset']) for r in points if r.get('dataset')})
+  header = (f'{"Model":<26} {"Top-1 (%)":>12} {"n":>2} {"Top-5 (%)":>12} {"Million Mult-Adds":>18} '
+            f'{"Million Parameters":>19} {"Latency (ms)":>13} Status')
+  title = f'Results on {", ".join(datasets)}' if datasets else 'Results'
+  lines = [f'{title} (mean ± 95% CI over n seeds, Student t)', header, '-' * len(header)]
+  for r in points:
+    latency = '-' if numeric(r, 'latency_ms') is None else f'{r["latency_ms"]:.2f}'
     lines.append(f'{model_name(r["alpha"], r["resolution"], r.get("variant", "separable")):<26} '
-                 f'{_percent(r.get("top1")):>7} {_percent(r.get("top5")):>7} {millions(r.get("mult_adds")):>18} '
-                 f'{millions(r.get("params")):>19} {latency:>13} {r.get("status", "?")}')
-  for r in rows:
-    if r.get('status') == 'failed':
-      error = (str(r.get('error') or '').strip().splitlines() or ['no error recorded'])[0]
-      lines.append(f'  {r["name"]} failed: {error[:160]}')
+                 f'{mean_with_ci(r, "top1"):>12} {r.get("n", "-")!s:>2} {mean_with_ci(r, "top5"):>12} '
+                 f'{millions(r.get("mult_adds")):>18} {millions(r.get("params")):>19} {latency:>13} '
+                 f'{r.get("status", "?")}')
+  lines.append(format_fit(log_linear_fit(points)))
+  failed_runs = [r for r in sort_rows(rows) if r.get('kind') == RUN and r.get('status') == 'failed']
+  named = {r['name'] for r in failed_runs}
+  failed = failed_runs + [r for r in points if r.get('status') == 'failed' and r['name'] not in named]
+  for r in failed:
+    error = (str(r.get('error') or '').strip().splitlines() or ['no error recorded'])[0]
+    seed = f' seed {r["seed"]}' if r.get('kind') == RUN else ''
+    lines.append(f'  {r["name"]}{seed} failed: {error[:160]}')
   return '\n'.join(lines)

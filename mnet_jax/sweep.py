@@ -1,8 +1,11 @@
-"""The α×ρ study: expand the grid, run or resume each point, collect one results table.
+"""The α×ρ study: expand the grid, run or resume each (point, seed), collect one results table.
 
-Each point trains in its own run directory `<workdir>/<point name>` with the sweep's
-shared training config. A rerun skips finished points and resumes unfinished ones from
-their checkpoints; a point that fails is recorded with its error and the others still run.
+Each seed of a point trains in its own run directory `<workdir>/<point name>/seed<k>` with
+the sweep's shared training config; a point's unfinished seeds train together (one
+vmapped step, `train.train_seeds_together`). A rerun skips finished runs and resumes
+unfinished ones from their checkpoints; a point that fails is retried seed by seed, recorded
+with its error, and the others still run. The table has one row per run and one per point
+(mean, SD and 95% CI over seeds), and the paper's claims are checked against it (`claims`).
 """
 
 from __future__ import annotations
@@ -10,16 +13,16 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import re
-import statistics
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from etils import epath
 
-from mnet_jax import architecture, cost, input_pipeline, plot, report, train
+from mnet_jax import architecture, claims, cost, input_pipeline, plot, report, train
 from mnet_jax.fileio import atomic_write_json, read_json, run_path
 
 _NAME = re.compile(r'(?:(?P<variant>[a-z]+)_)?a(?P<alpha>[0-9.]+)_r(?P<resolution>[0-9]+)')
@@ -80,6 +83,18 @@ def selected_points(sweep: ml_collections.ConfigDict, points: list[Point]) -> li
   return [p for p in points if p.name in wanted]
 
 
+def seeds_of(sweep: ml_collections.ConfigDict) -> list[int]:
+  """The sweep's seeds, e.g. '0,1,2' -> [0, 1, 2]."""
+  seeds = list(dict.fromkeys(_numbers(sweep.seeds, int)))
+  if not seeds or min(seeds) < 0:
+    raise ValueError(f'sweep.seeds must list non-negative integers, got {sweep.seeds!r}')
+  return seeds
+
+
+def run_dir(workdir: epath.Path, point: Point, seed: int) -> epath.Path:
+  return workdir / point.name / f'seed{seed}'
+
+
 def point_config(config: ml_collections.ConfigDict, point: Point) -> ml_collections.ConfigDict:
   """The single-run config of one point: the sweep's config with the model's α, resolution, variant."""
   run = ml_collections.ConfigDict(config.to_dict())
@@ -88,111 +103,204 @@ def point_config(config: ml_collections.ConfigDict, point: Point) -> ml_collecti
   return run
 
 
-def measure_inference(config: ml_collections.ConfigDict, batch_size: int, repeats: int = 5) -> dict[str, float]:
-  """Batch-1 latency and batch-`batch_size` throughput of the model on this machine's first device."""
+def measure_inference(config: ml_collections.ConfigDict, batch_size: int, min_seconds: float = 1.0,
+                      min_repeats: int = 20) -> dict[str, Any]:
+  """Batch-1 latency (median and interquartile range over >= `min_repeats` calls and >= `min_seconds`)
+  and batch-`batch_size` throughput of the model on this machine's first device, after warm-up."""
   model = train.create_model(config.model, input_pipeline.dataset_info(config.data).num_classes)
   resolution = config.model.resolution
   variables = model.init(jax.random.key(0), jnp.zeros((1, resolution, resolution, 3)))
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
 
-  def median_seconds(batch: int) -> float:
+  def timings(batch: int) -> np.ndarray:
     images = jnp.zeros((batch, resolution, resolution, 3))
-    forward(variables, images).block_until_ready()  # compile and warm up
-    times = []
-    for _ in range(repeats):
+    for _ in range(3):  # compile, then let allocators and caches settle
+      forward(variables, images).block_until_ready()
+    times, begin = [], time.perf_counter()
+    while len(times) < min_repeats or time.perf_counter() - begin < min_seconds:
       start = time.perf_counter()
       forward(variables, images).block_until_ready()
       times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return np.asarray(times)
 
-  return {'latency_ms': 1000 * median_seconds(1), 'infer_img_s': batch_size / median_seconds(batch_size)}
+  latency = 1000 * timings(1)
+  throughput = batch_size / np.median(timings(batch_size))
+  return {'latency_ms': float(np.median(latency)),
+          'latency_ms_spread': [float(np.percentile(latency, 25)), float(np.percentile(latency, 75))],
+          'infer_img_s': float(throughput), 'latency_repeats': int(latency.size)}
 
 
-def _row(point: Point, run_config: ml_collections.ConfigDict, num_classes: int, **fields: Any) -> dict[str, Any]:
-  """One results-table row; `fields` may carry extra keys (e.g. results.json's config), which are dropped."""
+def _row(point: Point, seed: int, run_config: ml_collections.ConfigDict, num_classes: int,
+         fields: dict[str, Any] | None = None) -> dict[str, Any]:
+  """One run row; `fields` (e.g. results.json's) fill it, their extra keys (e.g. the config) are dropped."""
   model_cost = cost.model_cost(point.alpha, point.resolution, point.variant, num_classes,
                                run_config.model.min_depth)
-  row = {'name': point.name, 'alpha': point.alpha, 'resolution': point.resolution,
-         'rho': point.resolution / 224, 'variant': point.variant, 'dataset': run_config.data.name,
-         'mult_adds': model_cost.mult_adds, 'params': model_cost.params,
-         'top1': None, 'top5': None, 'latency_ms': None, 'infer_img_s': None, 'train_img_s': None,
-         'wall_s': None, 'steps': None, 'status': 'pending', 'error': None}
-  row.update({k: v for k, v in fields.items() if k in row})
+  row = {'kind': report.RUN, 'name': point.name, 'seed': seed, 'alpha': point.alpha,
+         'resolution': point.resolution, 'rho': point.resolution / 224, 'variant': point.variant,
+         'dataset': run_config.data.name, 'mult_adds': model_cost.mult_adds, 'params': model_cost.params,
+         'top1': None, 'top5': None, 'train_img_s': None, 'wall_s': None, 'steps': None,
+         'status': 'pending', 'error': None}
+  row.update({k: v for k, v in (fields or {}).items() if k in row and k not in ('kind', 'name', 'seed')})
   return row
 
 
-def run_point(config: ml_collections.ConfigDict, point: Point, run_dir: epath.Path) -> dict[str, Any]:
-  """Train (or resume) one point; returns its row. Errors are recorded, not raised."""
-  run = point_config(config, point)
-  num_classes = input_pipeline.dataset_info(run.data).num_classes
+def _train_runs(run: ml_collections.ConfigDict, seeds: list[int], dirs: list[epath.Path]) -> dict[int, Any]:
+  """Results per seed, or the exception it failed with. Several seeds train together; if that fails,
+  each is retried alone (resuming its checkpoints), so one diverging seed does not sink the others."""
   try:
-    results = train.train_and_evaluate(run, str(run_dir))
-    timing = measure_inference(run, config.sweep.latency_batch) if config.sweep.latency_batch else {}
-    row = _row(point, run, num_classes, **{k: v for k, v in results.items() if k != 'config'}, **timing)
+    return dict(zip(seeds, train.train_seeds_together(run, seeds, [str(d) for d in dirs]), strict=True))
   except train.Preempted:
     raise
   except Exception as e:  # noqa: BLE001 - one failing point must not stop the study
-    error = f'{type(e).__name__}: {e}'
-    train.log(f'[sweep] {point.name} FAILED: {error}')
-    row = _row(point, run, num_classes, status='failed', error=error)
+    if len(seeds) == 1:
+      return {seeds[0]: e}
+    train.log(f'[sweep] seeds {",".join(map(str, seeds))} together failed ({type(e).__name__}: {e}); '
+              'retrying each seed alone')
+  outcomes = {}
+  for seed, directory in zip(seeds, dirs, strict=True):
+    outcomes.update(_train_runs(run, [seed], [directory]))
+  return outcomes
+
+
+def run_point(config: ml_collections.ConfigDict, point: Point, seeds: list[int],
+              workdir: epath.Path) -> list[dict[str, Any]]:
+  """Train (or resume) the given seeds of one point; returns their run rows. Errors are recorded, not raised."""
+  run = point_config(config, point)
+  num_classes = input_pipeline.dataset_info(run.data).num_classes
+  dirs = [run_dir(workdir, point, seed) for seed in seeds]
+  groups = [[s] for s in seeds] if not config.sweep.seeds_together else [seeds]
+  outcomes = {}
+  try:
+    for group in groups:
+      outcomes.update(_train_runs(run, group, [run_dir(workdir, point, s) for s in group]))
   finally:
     jax.clear_caches()  # compiled programs of other shapes are not needed any more
+  rows = []
+  for seed, directory in zip(seeds, dirs, strict=True):
+    outcome = outcomes[seed]
+    if isinstance(outcome, Exception):
+      error = f'{type(outcome).__name__}: {outcome}'
+      train.log(f'[sweep] {point.name} seed {seed} FAILED: {error}')
+      row = _row(point, seed, run, num_classes, {'status': 'failed', 'error': error})
+    else:
+      row = _row(point, seed, run, num_classes, outcome)
+    if jax.process_index() == 0:
+      atomic_write_json(directory / 'row.json', row)
+    rows.append(row)
+  return rows
+
+
+def measured_latency(config: ml_collections.ConfigDict, point: Point, workdir: epath.Path) -> dict[str, Any] | None:
+  """The point's latency probe, measured once (after its runs) and kept in `<point>/latency.json`."""
+  if not config.sweep.latency_batch:
+    return None
+  path = workdir / point.name / 'latency.json'
+  if path.exists():
+    return read_json(path)
+  try:
+    timing = measure_inference(point_config(config, point), config.sweep.latency_batch)
+  finally:
+    jax.clear_caches()
   if jax.process_index() == 0:
-    atomic_write_json(run_dir / 'row.json', row)
-  return row
+    atomic_write_json(path, timing)
+  return timing
 
 
-def finished_row(run_dir: epath.Path, any_status: bool = False) -> dict[str, Any] | None:
-  """The row a point's run left behind: only a finished one, unless `any_status`."""
-  path = run_dir / 'row.json'
+def finished_row(directory: epath.Path, any_status: bool = False) -> dict[str, Any] | None:
+  """The row a run left behind: only a finished one, unless `any_status`."""
+  path = directory / 'row.json'
   if not path.exists():
     return None
   row = read_json(path)
   return row if any_status or row.get('status') == 'done' else None
 
 
+def _points_on_disk(workdir: epath.Path) -> list[Point]:
+  """Points with run dirs in the workdir, e.g. from an ablation run into the same workdir."""
+  if not workdir.exists():
+    return []
+  found = []
+  for directory in workdir.iterdir():
+    if _NAME.fullmatch(directory.name) and any(directory.glob('seed*/row.json')):
+      try:
+        found.append(parse_point(directory.name))
+      except ValueError:
+        continue
+  return found
+
+
+def collect_rows(config: ml_collections.ConfigDict, workdir: epath.Path, points: list[Point],
+                 seeds: list[int], num_classes: int) -> list[dict[str, Any]]:
+  """Run rows of every (point, seed) of the sweep, and of finished runs of other points found in the
+  workdir, plus one aggregated row per point."""
+  runs, measured = [], {}
+  for point in points:
+    for seed in seeds:
+      runs.append(finished_row(run_dir(workdir, point, seed), any_status=True)
+                  or _row(point, seed, point_config(config, point), num_classes))
+  for point in _points_on_disk(workdir):
+    if point not in points:
+      runs += [read_json(p) for p in sorted((workdir / point.name).glob('seed*/row.json'))]
+  for point in {parse_point(r['name']) for r in runs}:
+    path = workdir / point.name / 'latency.json'
+    if path.exists():
+      measured[point.name] = read_json(path)
+  return report.aggregate(runs, measured) + runs
+
+
 def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> int:
-  """Run every point of the sweep; write results.csv/json and figures. Returns 0, or 1 if a point failed."""
+  """Run every (point, seed) of the sweep; write results.csv/json, results.md and figures.
+
+  Returns 0, or 1 if a run failed.
+  """
   workdir = run_path(workdir)
   points = expand_points(config.sweep)
   selected = selected_points(config.sweep, points)
+  seeds = seeds_of(config.sweep)
   for point in selected:  # bad input is reported before anything runs
     train.create_model(point_config(config, point).model, 2).check()
   num_classes = input_pipeline.dataset_info(config.data).num_classes
-  # The table covers the whole grid, so slices that each run one point never overwrite each other's rows.
-  rows = {p.name: finished_row(workdir / p.name) for p in points}
-  todo = [p for p in selected if rows[p.name] is None]
-  train.log(f'[sweep] {len(selected)} points, {len(selected) - len(todo)} already done, {len(todo)} to run, '
-            f'in {workdir}')
+  pending = {p: [s for s in seeds if finished_row(run_dir(workdir, p, s)) is None] for p in selected}
+  todo = [p for p in selected if pending[p]]
+  runs_left = sum(len(v) for v in pending.values())
+  train.log(f'[sweep] {len(selected)} points x {len(seeds)} seeds, {len(selected) * len(seeds) - runs_left} runs '
+            f'already done, {runs_left} to run in {workdir}')
   seconds_per_work, spent, done_work = None, 0.0, 0.0
   for index, point in enumerate(todo):
-    work = [_work(p, config, num_classes) for p in todo[index:]]
+    work = [_work(p) * len(pending[p]) for p in todo[index:]]
     eta = f', ~{_minutes(seconds_per_work * sum(work))} left' if seconds_per_work else ''
-    train.log(f'[sweep] point {index + 1}/{len(todo)}: {point.name}{eta}')
+    train.log(f'[sweep] point {index + 1}/{len(todo)}: {point.name}, seeds {",".join(map(str, pending[point]))}{eta}')
     start = time.time()
-    rows[point.name] = run_point(config, point, workdir / point.name)
+    run_point(config, point, pending[point], workdir)
     spent += time.time() - start
     done_work += work[0]
     seconds_per_work = spent / done_work
-  table = [rows[p.name] or finished_row(workdir / p.name, any_status=True) or _row(p, config, num_classes)
-           for p in points]
+  for point in selected:
+    if all(finished_row(run_dir(workdir, point, s)) for s in seeds):
+      measured_latency(config, point, workdir)
+  table = collect_rows(config, workdir, points, seeds, num_classes)
   if jax.process_index() == 0:
     report.write_results(workdir, table)
+    claims.write_markdown(workdir, table)
     figures = plot.make_figures(table, workdir, dataset=config.data.name)
     print(report.format_table(table), flush=True)
-    print(f'[sweep] results: {workdir / "results.csv"}; figures: {", ".join(map(str, figures))}', flush=True)
-  failed = [r['name'] for r in table if r['status'] == 'failed' and parse_point(r['name']) in selected]
+    print(claims.format_claims(claims.evaluate(table)), flush=True)
+    print(f'[sweep] results: {workdir / "results.csv"}, {workdir / claims.RESULTS_MD}; '
+          f'figures: {", ".join(map(str, figures))}', flush=True)
+  selected_names = {p.name for p in selected}
+  failed = sorted({f'{r["name"]} seed {r["seed"]}' for r in table
+                   if r.get('kind') == report.RUN and r['status'] == 'failed' and r['name'] in selected_names})
   if failed:
-    train.log(f'[sweep] {len(failed)} point(s) failed: {", ".join(failed)}; rerun the same command to retry them')
+    train.log(f'[sweep] {len(failed)} run(s) failed: {", ".join(failed)}; rerun the same command to retry them')
   return 1 if failed else 0
 
 
-def _work(point: Point, config: ml_collections.ConfigDict, num_classes: int) -> float:
-  """Relative cost of a point for the ETA: Mult-Adds plus a fixed per-point overhead (compile, eval)."""
-  mult_adds = cost.model_cost(point.alpha, point.resolution, point.variant, num_classes).mult_adds
-  return mult_adds + 20e6
+def _work(point: Point) -> float:
+  """Relative cost of one run of a point for the ETA: activations (α·r², what bounds a CPU step here)
+  plus a fixed per-point overhead (compile, eval)."""
+  width = 8.0 if point.variant == 'conv' else point.alpha
+  return width * point.resolution**2 + 2000.0
 
 
 def _minutes(seconds: float) -> str:
   return f'{seconds / 60:.0f} min' if seconds >= 60 else f'{seconds:.0f} s'
-

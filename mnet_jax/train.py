@@ -9,13 +9,12 @@ position, since the input pipeline is a pure function of (seed, step).
 
 from __future__ import annotations
 
-import errno
 import functools
 import os
 import pathlib
-import shutil
 import signal
 import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import flax
@@ -29,7 +28,7 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mnet_jax import architecture, cost, input_pipeline, optim
+from mnet_jax import architecture, checkpointing, cost, input_pipeline, optim
 from mnet_jax.fileio import atomic_write_json, is_remote, read_json, run_path
 from mnet_jax.metric_writer import MetricWriter
 from mnet_jax.models import MobileNetV1
@@ -41,10 +40,6 @@ class NonFiniteLossError(RuntimeError):
 
 class ConfigMismatchError(ValueError):
   """The run directory holds a run of a different configuration."""
-
-
-class DiskFullError(OSError):
-  """The workdir's disk (or quota) is full: the user's to fix, like bad input (exit code 2)."""
 
 
 class TrainingError(RuntimeError):
@@ -94,10 +89,13 @@ def init_state(model: MobileNetV1, tx: optax.GradientTransformation, resolution:
                     opt_state=tx.init(params), ema_params=params if use_ema else {})
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: MobileNetV1,
-               tx: optax.GradientTransformation, schedule: optax.Schedule, seed: int,
+def train_step(state: TrainState, batch: dict[str, jax.Array], seed: int | jax.Array, *, model: MobileNetV1,
+               tx: optax.GradientTransformation, schedule: optax.Schedule,
                label_smoothing: float, ema_decay: float) -> tuple[TrainState, dict[str, jax.Array]]:
-  """One data-parallel optimizer step; dropout randomness is a function of (seed, step)."""
+  """One data-parallel optimizer step; dropout randomness is a function of (seed, step).
+
+  `seed` is a Python int for one run, or traced when seeds train together under `jax.vmap`.
+  """
   dropout_rng = jax.random.fold_in(jax.random.key(seed), state.step)
 
   def loss_fn(params):
@@ -139,16 +137,19 @@ def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
-def evaluate(config: ml_collections.ConfigDict, state: TrainState, eval_fn, sharding) -> dict[str, float]:
+def evaluate(config: ml_collections.ConfigDict, state: TrainState, eval_fn, sharding,
+             num_seeds: int = 1) -> list[dict[str, float]]:
+  """Top-1/top-5 on the eval split, one dict per seed (`state` stacked on a seed axis when several)."""
   params = state.ema_params if config.optim.ema_decay else state.params
-  totals = {'top1': 0.0, 'top5': 0.0, 'count': 0.0}
+  totals = {k: np.zeros(num_seeds) for k in ('top1', 'top5', 'count')}
   for batch in input_pipeline.eval_batches(config.data, global_batch_size=config.batch_size,
                                            resolution=config.model.resolution):
     sums = jax.device_get(eval_fn(params, state.batch_stats, global_batch(batch, sharding)))
     for k in totals:
-      totals[k] += float(sums[k])
-  count = max(totals['count'], 1.0)
-  return {'top1': totals['top1'] / count, 'top5': totals['top5'] / count, 'eval_examples': int(totals['count'])}
+      totals[k] += np.asarray(sums[k], np.float64).reshape(num_seeds)
+  count = np.maximum(totals['count'], 1.0)
+  return [{'top1': float(totals['top1'][i] / count[i]), 'top5': float(totals['top5'][i] / count[i]),
+           'eval_examples': int(totals['count'][i])} for i in range(num_seeds)]
 
 
 def comparable_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
@@ -257,23 +258,13 @@ def num_train_steps(config: ml_collections.ConfigDict, num_train_examples: int) 
   return steps_per_epoch, max(1, int(config.num_epochs * steps_per_epoch))
 
 
-def restore_newest_good(checkpoints: ocp.CheckpointManager, target: Any, workdir: epath.Path) -> Any:
-  """The newest checkpoint that restores and is finite; damaged ones are moved aside with a warning."""
-  for step in sorted(checkpoints.all_steps(), reverse=True):
-    try:
-      state = checkpoints.restore(step, args=ocp.args.StandardRestore(target))
-      if not all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(state.params)):
-        raise ValueError('non-finite parameters')
-      log(f'[train] resumed from checkpoint at step {step} in {workdir}')
-      return state
-    except Exception as e:  # noqa: BLE001 - any unreadable checkpoint is skipped, not fatal
-      log(f'[train] WARNING: skipping damaged checkpoint at step {step} ({type(e).__name__}: {e}); '
-          f'moved to {workdir / "damaged_checkpoints"}')
-      if jax.process_index() == 0:
-        (workdir / 'damaged_checkpoints').mkdir(exist_ok=True)
-        (workdir / 'checkpoints' / str(step)).rename(workdir / 'damaged_checkpoints' / f'{step}-{int(time.time())}')
-      checkpoints.reload()
-  return None
+def with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+  """A copy of `config` with another seed (the config itself when the seed is already its own)."""
+  if config.seed == seed:
+    return config
+  copy = ml_collections.ConfigDict(config.to_dict())
+  copy.seed = seed
+  return copy
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -282,6 +273,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Bad configs raise ValueError before anything is written. A run that fails leaves
   `results.json` with status 'failed' and the error; its checkpoints stay as they were.
   """
+  return train_seeds_together(config, [config.seed], [workdir])[0]
+
+
+def train_seeds_together(config: ml_collections.ConfigDict, seeds: Sequence[int],
+                         workdirs: Sequence[str]) -> list[dict[str, Any]]:
+  """Train `config` once per seed, each in its own run dir, as one jitted step vmapped over the seeds.
+
+  Small models are bound by per-step overhead, so K seeds together cost far less than K runs.
+  Each run dir is an ordinary run (its config.json names its seed; it resumes alone too), and
+  every seed sees the data and dropout it would see alone: the runs differ from separate ones
+  only by the round-off of batched matrix products. One seed is exactly `train_and_evaluate`.
+  """
+  if len(seeds) != len(workdirs) or not seeds or len(set(seeds)) != len(seeds):
+    raise ValueError(f'expected distinct seeds, one per run dir; got seeds {list(seeds)} for {len(workdirs)} dirs')
   create_model(config.model, 1).check()
   architecture.check_resolution(config.model.resolution)
   # An unknown optimizer or schedule is bad input too: say so before the workdir is written.
@@ -289,64 +294,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if config.batch_size < 1 or config.batch_size % jax.device_count():
     raise ValueError(f'batch_size {config.batch_size} is not a positive multiple of the '
                      f'{jax.device_count()} devices')
-  workdir = run_path(workdir)
-  _check_workdir_creatable(workdir)  # before preparing a dataset for a run that cannot be written
+  configs = [with_seed(config, seed) for seed in seeds]
+  workdirs = [run_path(w) for w in workdirs]
+  for workdir in workdirs:
+    _check_workdir_creatable(workdir)  # before preparing a dataset for a run that cannot be written
   info = prepared_dataset_info(config.data)
   model = create_model(config.model, info.num_classes)
-  _make_workdir(workdir)
-  check_saved_config(workdir, config)
+  for run_config, workdir in zip(configs, workdirs, strict=True):
+    _make_workdir(workdir)
+    check_saved_config(workdir, run_config)
   try:
-    return _train(config, workdir, model, info)
+    return _train(configs, workdirs, model, info)
   except Preempted:
     raise
   except Exception as e:
-    failure = _failure(e, workdir)
+    failure = _failure(e, workdirs[0])
     if jax.process_index() == 0:
-      try:
-        atomic_write_json(workdir / 'results.json', {
-            'status': 'failed', 'error': f'{type(failure).__name__}: {failure}', 'config': config.to_dict()})
-      except OSError as write_error:  # e.g. the disk is full: the original error matters more
-        log(f'[train] WARNING: could not mark the run failed in results.json: {write_error}')
+      for run_config, workdir in zip(configs, workdirs, strict=True):
+        try:
+          atomic_write_json(workdir / 'results.json', {
+              'status': 'failed', 'error': f'{type(failure).__name__}: {failure}', 'config': run_config.to_dict()})
+        except OSError as write_error:  # e.g. the disk is full: the original error matters more
+          log(f'[train] WARNING: could not mark the run failed in results.json: {write_error}')
     if failure is e:
       raise
     raise failure from e
 
 
-_DISK_FULL = tuple(os.strerror(code) for code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG))
-
-
-def _kept_checkpoint(workdir: epath.Path) -> str:
-  steps = sorted(int(p.name) for p in (workdir / 'checkpoints').glob('*') if p.name.isdigit())
-  return f'the checkpoint at step {steps[-1]} is intact' if steps else 'no checkpoint was written yet'
-
-
-def _check_space(workdir: epath.Path, needed: int, step: int) -> None:
-  """Refuse to start a checkpoint the local disk cannot hold.
-
-  A write cut off by ENOSPC is still caught (see `_failure`), but Orbax and TensorStore then
-  print dozens of tracebacks from their writer threads.
-  """
-  needed = int(1.1 * needed) + 2**20  # the state plus metadata
-  free = None if is_remote(workdir) else shutil.disk_usage(workdir / 'checkpoints').free
-  if any_process(free is not None and free < needed):
-    raise DiskFullError(f'no space left in {workdir} for the checkpoint at step {step} (it needs '
-                        f'~{needed / 1e6:.1f} MB, {(free or 0) / 1e6:.1f} MB free); {_kept_checkpoint(workdir)}. '
-                        'Free some space and rerun the same command to resume')
-
-
 def _failure(error: Exception, workdir: epath.Path) -> Exception:
   """The error to report for a run that failed after it started: a full disk is said plainly."""
-  if isinstance(error, DiskFullError):
-    return error
-  causes = [error]
-  while len(causes) < 10 and (causes[-1].__cause__ or causes[-1].__context__) is not None:
-    causes.append(causes[-1].__cause__ or causes[-1].__context__)
-  for cause in causes:
-    # TensorStore (Orbax's writer) reports OS errors as ValueError with the strerror in the text.
-    reason = next((r for r in _DISK_FULL if r in str(cause) or getattr(cause, 'strerror', None) == r), None)
-    if reason:
-      return DiskFullError(f'cannot write to {workdir}: {reason.lower()}; {_kept_checkpoint(workdir)}. '
-                           'Free some space and rerun the same command to resume')
+  disk_full = checkpointing.disk_full_error(error, workdir)
+  if disk_full is not None:
+    return disk_full
   # XLA's errors (ValueError for some status codes) and not a DatasetError or other ValueError subclass of ours.
   if type(error) is ValueError or isinstance(error, jax.errors.JaxRuntimeError):
     processes = jax.process_count()
@@ -355,129 +334,185 @@ def _failure(error: Exception, workdir: epath.Path) -> Exception:
   return error
 
 
-def _train(config: ml_collections.ConfigDict, workdir: epath.Path, model: MobileNetV1,
-           info: input_pipeline.DatasetInfo) -> dict[str, Any]:
+def stack_seeds(states: Sequence[Any]) -> Any:
+  """Per-seed pytrees -> one pytree with a leading seed axis."""
+  return jax.tree.map(lambda *leaves: jnp.stack(leaves), *states)
+
+
+def seed_slice(stacked: Any, index: int) -> Any:
+  """The `index`-th seed's pytree of a stacked one."""
+  return jax.tree.map(lambda leaf: leaf[index], stacked)
+
+
+class _Runs:
+  """The jitted functions and per-seed plumbing of K runs that differ only in their seed.
+
+  With K = 1 nothing is vmapped: the step is the program a single run always compiled.
+  """
+
+  def __init__(self, configs: list[ml_collections.ConfigDict], model: MobileNetV1, tx: Any,
+               schedule: optax.Schedule, mesh: Mesh):
+    config = configs[0]
+    self.configs, self.seeds, self.count = configs, [c.seed for c in configs], len(configs)
+    self.together = self.count > 1
+    self.replicated = NamedSharding(mesh, P())
+    self.eval_sharding = NamedSharding(mesh, P('data'))
+    self.data_sharding = NamedSharding(mesh, P(None, 'data')) if self.together else self.eval_sharding
+    step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+                             label_smoothing=config.optim.label_smoothing, ema_decay=config.optim.ema_decay)
+    evaluate_one = functools.partial(eval_step, model=model)
+    if self.together:
+      seeds = jnp.asarray(self.seeds, jnp.int32)
+      vmapped = jax.vmap(step)
+      step_fn = lambda state, batch: vmapped(state, batch, seeds)  # noqa: E731
+      evaluate_one = jax.vmap(evaluate_one, in_axes=(0, 0, None))  # every seed sees the same eval batch
+    else:
+      step_fn = functools.partial(step, seed=config.seed)
+    self.step_fn = jax.jit(step_fn, in_shardings=(self.replicated, self.data_sharding),
+                           out_shardings=(self.replicated, self.replicated), donate_argnums=0)
+    self.eval_fn = jax.jit(evaluate_one, in_shardings=(self.replicated, self.replicated, self.eval_sharding),
+                           out_shardings=self.replicated)
+    resolution, use_ema = config.model.resolution, bool(config.optim.ema_decay)
+    self.init_fns = [jax.jit(functools.partial(init_state, model, tx, resolution, seed, use_ema),
+                             out_shardings=self.replicated) for seed in self.seeds]
+
+  def stack(self, states: list[TrainState]) -> TrainState:
+    return stack_seeds(states) if self.together else states[0]
+
+  def state_of(self, state: TrainState, index: int) -> TrainState:
+    return seed_slice(state, index) if self.together else state
+
+  def value_of(self, metrics: dict[str, Any], index: int) -> dict[str, float]:
+    return {k: float(np.asarray(v).reshape(self.count)[index]) for k, v in metrics.items()}
+
+  def batches(self, start_step: int) -> Iterator[dict[str, jax.Array]]:
+    """Each seed's own training batches (order and augmentation follow its seed), stacked."""
+    streams = [input_pipeline.train_batches(c.data, global_batch_size=c.batch_size, resolution=c.model.resolution,
+                                            seed=c.seed, start_step=start_step) for c in self.configs]
+    while True:
+      local = [next(stream) for stream in streams]
+      if self.together:
+        local = [{k: np.stack([b[k] for b in local]) for k in local[0]}]
+      yield global_batch(local[0], self.data_sharding)
+
+
+def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path], model: MobileNetV1,
+           info: input_pipeline.DatasetInfo) -> list[dict[str, Any]]:
+  config = configs[0]
   resolution = config.model.resolution
   steps_per_epoch, total_steps = num_train_steps(config, info.num_train)
   schedule = optim.learning_rate_schedule(config.optim, config.batch_size, steps_per_epoch, total_steps)
-  mesh = make_mesh()
-  replicated = NamedSharding(mesh, P())
-  data_sharding = NamedSharding(mesh, P('data'))
   abstract = jax.eval_shape(lambda: init_state(model, optax.identity(), resolution, config.seed, False))
   tx = optim.create_optimizer(config.optim, abstract.params, schedule)
-  init_fn = jax.jit(functools.partial(init_state, model, tx, resolution, config.seed,
-                                      bool(config.optim.ema_decay)), out_shardings=replicated)
+  runs = _Runs(configs, model, tx, schedule, make_mesh())
 
-  checkpoints = ocp.CheckpointManager(
-      workdir / 'checkpoints',
-      options=ocp.CheckpointManagerOptions(max_to_keep=config.max_checkpoints_to_keep, create=True,
-                                           cleanup_tmp_directories=True))
-  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated),
-                        jax.eval_shape(init_fn))
-  state = restore_newest_good(checkpoints, target, workdir)
-  if state is None:
-    state = init_fn()
-  start_step = int(jax.device_get(state.step))
+  managers = [checkpointing.create_manager(w, config.max_checkpoints_to_keep) for w in workdirs]
+  target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=runs.replicated),
+                        jax.eval_shape(runs.init_fns[0]))
+  states = checkpointing.restore_newest_common(managers, target, workdirs, log) or [f() for f in runs.init_fns]
+  start_step = int(jax.device_get(states[0].step))
+  state = runs.stack(states)
+  del states
 
-  step_fn = jax.jit(
-      functools.partial(train_step, model=model, tx=tx, schedule=schedule, seed=config.seed,
-                        label_smoothing=config.optim.label_smoothing, ema_decay=config.optim.ema_decay),
-      in_shardings=(replicated, data_sharding), out_shardings=(replicated, replicated), donate_argnums=0)
-  eval_fn = jax.jit(functools.partial(eval_step, model=model),
-                    in_shardings=(replicated, replicated, data_sharding), out_shardings=replicated)
-
-  writer = MetricWriter(str(workdir), jax.process_index() == 0, start_step)
+  writers = [MetricWriter(str(w), jax.process_index() == 0, start_step) for w in workdirs]
   model_cost = cost.model_cost(config.model.alpha, resolution, config.model.variant, info.num_classes,
                                config.model.min_depth)
+  seeds = f', seeds {",".join(map(str, runs.seeds))} together' if runs.together else ''
   log(f'[train] MobileNet {config.model.alpha:g}-{resolution} ({config.model.variant}): '
       f'{model_cost.mult_adds / 1e6:.1f} M Mult-Adds, {model_cost.params / 1e6:.2f} M params; '
       f'{info.num_train} train / {info.num_eval} eval examples of {config.data.name}; '
-      f'{total_steps} steps of {config.batch_size} on {jax.device_count()} device(s), '
+      f'{total_steps} steps of {config.batch_size}{seeds} on {jax.device_count()} device(s), '
       f'{jax.process_count()} process(es)')
 
-  batches = input_pipeline.train_batches(
-      config.data, global_batch_size=config.batch_size, resolution=resolution, seed=config.seed,
-      start_step=start_step)
+  def save(step: int, force: bool = False) -> None:
+    for index, (manager, workdir) in enumerate(zip(managers, workdirs, strict=True)):
+      checkpointing.check_space(workdir, state_bytes // runs.count, step, any_process)
+      manager.save(step, args=ocp.args.StandardSave(runs.state_of(state, index)), force=force)
+
+  batches = runs.batches(start_step)
   t_start = time.time()
-  timer = _Throughput(config.batch_size, start_step)
-  unchecked: list[tuple[int, jax.Array]] = []  # (step, finite flag) not yet read back from the device
+  timer = _Throughput(config.batch_size * runs.count, start_step)
+  unchecked: list[tuple[int, jax.Array]] = []  # (step, finite flags) not yet read back from the device
   state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
   step = start_step
   try:
     with _Preemption() as preemption:
       while step < total_steps:
-        state, metrics = step_fn(state, global_batch(next(batches), data_sharding))
+        state, metrics = runs.step_fn(state, next(batches))
         step += 1
         unchecked.append((step, metrics['finite']))
         at_log = step % config.log_every_steps == 0 or step == total_steps
         at_checkpoint = step % config.checkpoint_every_steps == 0 or step == total_steps
         if at_log or at_checkpoint or step == start_step + 1:
-          _check_finite(unchecked)  # never checkpoint or report a diverged state
+          _check_finite(unchecked, runs.seeds)  # never checkpoint or report a diverged state
           timer.mark(step)
         if at_log:
           metrics = jax.device_get(metrics)
           img_s = timer.img_s()
-          eta = (total_steps - step) * config.batch_size / img_s if img_s else float('nan')
+          eta = (total_steps - step) * config.batch_size * runs.count / img_s if img_s else float('nan')
           log(f'[train] step {step}/{total_steps} ({100 * step / total_steps:.0f}%) '
-              f'loss {metrics["loss"]:.3f} acc {metrics["accuracy"]:.3f} '
-              f'lr {metrics["learning_rate"]:.4f} {img_s:.1f} img/s ETA {_duration(eta)}')
-          writer.write(step, {k: v for k, v in metrics.items() if k != 'finite'} | {'img_s': img_s})
+              f'loss {_values(metrics["loss"], ".3f")} acc {_values(metrics["accuracy"], ".3f")} '
+              f'lr {_values(metrics["learning_rate"], ".4f", first_only=True)} {img_s:.1f} img/s ETA {_duration(eta)}')
+          for index, writer in enumerate(writers):
+            values = runs.value_of({k: v for k, v in metrics.items() if k != 'finite'}, index)
+            writer.write(step, values | {'img_s': img_s / runs.count})
         if config.eval_every_steps and step % config.eval_every_steps == 0 and step < total_steps:
-          eval_metrics = evaluate(config, state, eval_fn, data_sharding)
-          log(f'[eval] step {step}: top-1 {eval_metrics["top1"]:.4f} top-5 {eval_metrics["top5"]:.4f}')
-          writer.write(step, {'eval_top1': eval_metrics['top1'], 'eval_top5': eval_metrics['top5']})
+          eval_metrics = evaluate(config, state, runs.eval_fn, runs.eval_sharding, runs.count)
+          log(f'[eval] step {step}: top-1 {_values([m["top1"] for m in eval_metrics], ".4f")} '
+              f'top-5 {_values([m["top5"] for m in eval_metrics], ".4f")}')
+          for writer, m in zip(writers, eval_metrics, strict=True):
+            writer.write(step, {'eval_top1': m['top1'], 'eval_top5': m['top5']})
           timer.pause()  # eval time is not training time
         if at_checkpoint:
-          _check_space(workdir, state_bytes, step)
-          checkpoints.save(step, args=ocp.args.StandardSave(state))
+          save(step)
         if any_process(preemption.requested):
-          _check_finite(unchecked)
-          _check_space(workdir, state_bytes, step)
-          checkpoints.save(step, args=ocp.args.StandardSave(state), force=True)
-          checkpoints.wait_until_finished()
+          _check_finite(unchecked, runs.seeds)
+          save(step, force=True)
+          for manager in managers:
+            manager.wait_until_finished()
           raise Preempted(f'SIGTERM received: checkpoint saved at step {step}; rerun the same command to resume')
-    checkpoints.wait_until_finished()
+    for manager in managers:
+      manager.wait_until_finished()
   except BaseException as e:
-    _finish_saves(checkpoints, e)
+    # Not where another process may have died: the writes' barriers would wait on it.
+    checkpointing.finish_saves(managers, wait=jax.process_count() == 1 or isinstance(e, NonFiniteLossError))
     raise
 
-  eval_metrics = evaluate(config, state, eval_fn, data_sharding)
-  log(f'[eval] final: top-1 {eval_metrics["top1"]:.4f} top-5 {eval_metrics["top5"]:.4f} '
-      f'on {eval_metrics["eval_examples"]} examples')
-  writer.write(step, {'eval_top1': eval_metrics['top1'], 'eval_top5': eval_metrics['top5']})
-  writer.close()
-  results = {
-      'alpha': config.model.alpha, 'resolution': resolution, 'rho': resolution / 224,
-      'variant': config.model.variant, 'dataset': config.data.name,
-      'mult_adds': model_cost.mult_adds, 'params': model_cost.params,
-      'top1': eval_metrics['top1'], 'top5': eval_metrics['top5'], 'eval_examples': eval_metrics['eval_examples'],
-      'steps': total_steps, 'train_img_s': timer.img_s() or None,
-      'wall_s': time.time() - t_start, 'status': 'done', 'error': None, 'config': config.to_dict(),
-  }
-  if jax.process_index() == 0:
-    atomic_write_json(workdir / 'results.json', results)
-  return results
+  eval_metrics = evaluate(config, state, runs.eval_fn, runs.eval_sharding, runs.count)
+  log(f'[eval] final: top-1 {_values([m["top1"] for m in eval_metrics], ".4f")} '
+      f'top-5 {_values([m["top5"] for m in eval_metrics], ".4f")} on {eval_metrics[0]["eval_examples"]} examples')
+  wall_s = time.time() - t_start
+  all_results = []
+  for run_config, workdir, writer, m in zip(configs, workdirs, writers, eval_metrics, strict=True):
+    writer.write(step, {'eval_top1': m['top1'], 'eval_top5': m['top5']})
+    writer.close()
+    results = {
+        'alpha': config.model.alpha, 'resolution': resolution, 'rho': resolution / 224,
+        'variant': config.model.variant, 'dataset': config.data.name, 'seed': run_config.seed,
+        'mult_adds': model_cost.mult_adds, 'params': model_cost.params,
+        'top1': m['top1'], 'top5': m['top5'], 'eval_examples': m['eval_examples'],
+        'steps': total_steps, 'train_img_s': timer.img_s() / runs.count or None, 'seeds_trained_together': runs.count,
+        'wall_s': wall_s, 'status': 'done', 'error': None, 'config': run_config.to_dict(),
+    }
+    if jax.process_index() == 0:
+      atomic_write_json(workdir / 'results.json', results)
+    all_results.append(results)
+  return all_results
 
 
-def _finish_saves(checkpoints: ocp.CheckpointManager, error: BaseException) -> None:
-  """Let checkpoint writes in flight finish before a failure propagates.
-
-  They hold states already checked finite; exiting would cut them off half written. Not where
-  another process may have died: the write's barriers would wait on it.
-  """
-  if jax.process_count() > 1 and not isinstance(error, NonFiniteLossError):
-    return
-  try:
-    checkpoints.wait_until_finished()
-  except Exception:  # noqa: BLE001 - e.g. the disk is full: the error being raised already says why
-    pass
+def _values(values: Any, spec: str, first_only: bool = False) -> str:
+  """One number, or the seeds' numbers joined by '/'."""
+  values = np.atleast_1d(np.asarray(values))
+  return '/'.join(format(float(v), spec) for v in (values[:1] if first_only else values))
 
 
-def _check_finite(unchecked: list[tuple[int, jax.Array]]) -> None:
-  """Raise NonFiniteLossError naming the first diverged step; clears `unchecked`."""
+def _check_finite(unchecked: list[tuple[int, jax.Array]], seeds: Sequence[int]) -> None:
+  """Raise NonFiniteLossError naming the first diverged step (and seed); clears `unchecked`."""
   for step, finite in unchecked:
-    if not bool(jax.device_get(finite)):
-      raise NonFiniteLossError(f'non-finite loss, gradient or parameters at step {step}; '
+    finite = np.atleast_1d(np.asarray(jax.device_get(finite)))
+    if not finite.all():
+      which = f' (seed {seeds[int(np.argmin(finite))]})' if len(seeds) > 1 else ''
+      raise NonFiniteLossError(f'non-finite loss, gradient or parameters at step {step}{which}; '
                                'the last good checkpoint is kept')
   unchecked.clear()
 
