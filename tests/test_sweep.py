@@ -1,17 +1,21 @@
-"""The α×ρ sweep end to end: the smoke study on the tiny embedded dataset, then a rerun."""
+"""The α×ρ sweep with seeds: a 2-seed smoke study killed mid-point and resumed exactly, a rerun that skips
+finished runs, and seeds trained together against a seed trained alone."""
 
 import csv
 import json
-import os
-import pathlib
+import signal
+import statistics
 import subprocess
 import sys
+import time
 
+import numpy as np
 import pytest
+from test_train import REPO, assert_identical_params, final_params, flat, main_command, subprocess_env
 
 from mnet_jax import sweep
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 8
 
 
 def test_point_names_round_trip():
@@ -21,33 +25,94 @@ def test_point_names_round_trip():
     sweep.parse_point('alpha1')
 
 
-def run_smoke(workdir, data_dir):
-  command = [sys.executable, '-m', 'mnet_jax.main', '--config=experiments/sweep.py:smoke', f'--workdir={workdir}',
-             '--config.data.name=textured_shapes/tiny', f'--config.data.data_dir={data_dir}',
-             '--config.sweep.alphas=0.25', '--config.sweep.resolutions=48,32', '--config.num_train_steps=10']
-  env = dict(os.environ, PYTHONPATH=str(REPO))
-  return subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+def smoke_command(workdir, data_dir, cache_dir, *extra) -> list[str]:
+  """Two seeds of one point (α 0.25 at 48 px: no 1x1 feature map, so round-off stays round-off), 8 steps."""
+  return [sys.executable, '-m', 'mnet_jax.main', f'--config={REPO / "experiments" / "sweep.py"}:smoke',
+          f'--workdir={workdir}', '--config.data.name=textured_shapes/tiny', f'--config.data.data_dir={data_dir}',
+          '--config.sweep.alphas=0.25', '--config.sweep.resolutions=48', '--config.sweep.seeds=0,1',
+          f'--config.num_train_steps={STEPS}', '--config.checkpoint_every_steps=4', '--config.log_every_steps=4',
+          f'--config.compilation_cache_dir={cache_dir}', *extra]
 
 
-def test_smoke_sweep_writes_table_and_figures_and_rerun_skips_finished_points(tiny_data_dir, tmp_path):
-  first = run_smoke(tmp_path, tiny_data_dir)
-  assert first.returncode == 0, first.stderr[-3000:]
-  assert '[sweep] point 2/2' in first.stdout
-  rows = list(csv.DictReader((tmp_path / 'results.csv').open()))
-  assert [r['name'] for r in rows] == ['a0.25_r48', 'a0.25_r32']
-  assert all(r['status'] == 'done' for r in rows)
-  table = json.loads((tmp_path / 'results.json').read_text())
-  rows = table['rows'] if isinstance(table, dict) else table
-  for row in rows:
-    # Mult-Adds of 0.25 MobileNet scale with the resolution squared (up to the classifier's fixed cost).
-    assert row['latency_ms'] > 0 and row['infer_img_s'] > 0 and 0 <= row['top1'] <= 1
-  assert rows[0]['mult_adds'] > 2 * rows[1]['mult_adds']
+@pytest.fixture(scope='module')
+def together_run(tiny_data_dir, cache_dir, tmp_path_factory):
+  """An uninterrupted 2-seed smoke study (seeds trained together)."""
+  workdir = tmp_path_factory.mktemp('together')
+  result = subprocess.run(smoke_command(workdir, tiny_data_dir, cache_dir), env=subprocess_env(cache_dir),
+                          capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir, result.stdout
+
+
+def test_smoke_study_writes_run_and_point_rows_figures_and_claims(together_run):
+  workdir, stdout = together_run
+  assert 'seeds 0,1 together' in stdout
+  rows = json.loads((workdir / 'results.json').read_text())
+  runs = [r for r in rows if r['kind'] == 'run']
+  points = [r for r in rows if r['kind'] == 'point']
+  assert [(r['name'], r['seed']) for r in runs] == [('a0.25_r48', 0), ('a0.25_r48', 1)]
+  assert len(points) == 1 and points[0]['n'] == 2 and points[0]['status'] == 'done'
+  # The aggregate, recomputed independently from the run rows (Student t, 1 degree of freedom: 12.706).
+  top1 = [r['top1'] for r in runs]
+  assert points[0]['top1'] == pytest.approx(statistics.mean(top1))
+  assert points[0]['top1_sd'] == pytest.approx(statistics.stdev(top1))
+  assert points[0]['top1_ci95'] == pytest.approx(12.7062047 * statistics.stdev(top1) / 2 ** 0.5)
+  assert points[0]['latency_ms'] > 0 and points[0]['infer_img_s'] > 0
+  csv_rows = list(csv.DictReader((workdir / 'results.csv').open()))
+  assert [(r['kind'], r['seed']) for r in csv_rows] == [('point', ''), ('run', '0'), ('run', '1')]
   for name in ('top1_vs_mult_adds', 'top1_vs_params', 'top1_vs_latency'):
-    assert (tmp_path / f'{name}.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-    assert (tmp_path / f'{name}.svg').exists()
-  assert '0.25 MobileNet-48' in first.stdout  # the paper-style table
+    assert (workdir / f'{name}.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert '0.25 MobileNet-48' in stdout and '±' in stdout  # the paper-style table, mean ± CI
+  assert '| (c) | Accuracy is roughly log-linear' in (workdir / 'results.md').read_text()
+  # Each seed's run dir is an ordinary run of its own seed.
+  for seed in (0, 1):
+    assert json.loads((workdir / 'a0.25_r48' / f'seed{seed}' / 'config.json').read_text())['seed'] == seed
 
-  second = run_smoke(tmp_path, tiny_data_dir)
-  assert second.returncode == 0, second.stderr[-3000:]
-  assert '2 already done, 0 to run' in second.stdout
-  assert '[train]' not in second.stdout
+
+def test_killed_two_seed_point_resumes_exactly_and_a_rerun_skips_finished_runs(together_run, tiny_data_dir,
+                                                                                cache_dir, tmp_path):
+  reference, _ = together_run
+  command, env = smoke_command(tmp_path, tiny_data_dir, cache_dir), subprocess_env(cache_dir)
+  process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  checkpoint = tmp_path / 'a0.25_r48' / 'seed1' / 'checkpoints' / '4'
+  deadline = time.time() + 300
+  while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+    time.sleep(0.02)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert checkpoint.exists(), 'the point never wrote its first checkpoint'
+  assert not (tmp_path / 'a0.25_r48' / 'seed0' / 'row.json').exists(), 'the point finished before it was killed'
+
+  resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert 'resumed from checkpoint at step 4' in resumed.stdout
+  for seed in (0, 1):
+    assert_identical_params(tmp_path / 'a0.25_r48' / f'seed{seed}', reference / 'a0.25_r48' / f'seed{seed}')
+
+  rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  assert '2 runs already done, 0 to run' in rerun.stdout and '[train]' not in rerun.stdout
+
+
+def test_seeds_trained_together_match_a_seed_trained_alone(together_run, tiny_data_dir, cache_dir, tmp_path):
+  """Seed 1 of the together run against seed 1 run alone (no vmap): the same data, dropout and init, so the
+  only difference allowed is the round-off of batched products."""
+  reference, _ = together_run
+  overrides = {'data.name': 'textured_shapes/tiny', 'data.data_dir': tiny_data_dir, 'model.alpha': 0.25,
+               'model.resolution': 48, 'seed': 1, 'num_train_steps': STEPS, 'batch_size': 32,
+               'checkpoint_every_steps': 4, 'log_every_steps': 4, 'compilation_cache_dir': str(cache_dir)}
+  config = REPO / 'experiments' / 'sweep.py'
+  command = main_command(tmp_path, overrides)
+  command[3] = f'--config={config}:smoke'  # the sweep's recipe, run as a single point: sweep.only
+  command += ['--config.sweep.points=a0.25_r48', '--config.sweep.seeds=1', '--config.sweep.latency_batch=0']
+  alone = subprocess.run(command, env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=600)
+  assert alone.returncode == 0, alone.stderr[-3000:]
+  assert '8 steps of 32 on 1 device' in alone.stdout  # not vmapped
+  expected = flat(final_params(reference / 'a0.25_r48' / 'seed1'))
+  got = flat(final_params(tmp_path / 'a0.25_r48' / 'seed1'))
+  other_seed = flat(final_params(reference / 'a0.25_r48' / 'seed0'))
+  assert expected.keys() == got.keys()
+  for key in expected:
+    np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
+  # The tolerance is far below the difference between seeds, which it would otherwise hide.
+  assert max(np.max(np.abs(other_seed[k] - expected[k])) for k in expected) > 1e-2
