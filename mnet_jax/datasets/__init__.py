@@ -2,7 +2,7 @@
 
 from mnet_jax.datasets.textured_shapes import TexturedShapes
 
-DEFAULT_DATASET = 'textured_shapes'  # 128 px, 16 classes; prepares itself offline
+DEFAULT_DATASET = 'textured_shapes'  # 72 px, 100 classes; prepares itself offline
 TINY_DATASET = 'textured_shapes/tiny'  # 64 px, a few hundred images; for tests
 EMBEDDED = (TexturedShapes.name,)
 
