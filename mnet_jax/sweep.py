@@ -107,6 +107,7 @@ def measure_inference(config: ml_collections.ConfigDict, batch_size: int, min_se
                       min_repeats: int = 20) -> dict[str, Any]:
   """Batch-1 latency (median and interquartile range over >= `min_repeats` calls and >= `min_seconds`)
   and batch-`batch_size` throughput of the model on this machine's first device, after warm-up."""
+  probe_start = time.perf_counter()
   model = train.create_model(config.model, input_pipeline.dataset_info(config.data).num_classes)
   resolution = config.model.resolution
   variables = model.init(jax.random.key(0), jnp.zeros((1, resolution, resolution, 3)))
@@ -125,7 +126,7 @@ def measure_inference(config: ml_collections.ConfigDict, batch_size: int, min_se
 
   latency = 1000 * timings(1)
   throughput = batch_size / np.median(timings(batch_size))
-  return {'latency_ms': float(np.median(latency)),
+  return {'latency_ms': float(np.median(latency)), 'probe_s': time.perf_counter() - probe_start,
           'latency_ms_spread': [float(np.percentile(latency, 25)), float(np.percentile(latency, 75))],
           'infer_img_s': float(throughput), 'latency_repeats': int(latency.size)}
 
@@ -138,7 +139,8 @@ def _row(point: Point, seed: int, run_config: ml_collections.ConfigDict, num_cla
   row = {'kind': report.RUN, 'name': point.name, 'seed': seed, 'alpha': point.alpha,
          'resolution': point.resolution, 'rho': point.resolution / 224, 'variant': point.variant,
          'dataset': run_config.data.name, 'mult_adds': model_cost.mult_adds, 'params': model_cost.params,
-         'top1': None, 'top5': None, 'train_img_s': None, 'wall_s': None, 'steps': None,
+         'top1': None, 'top5': None, 'train_img_s': None, 'wall_s': None, 'first_step_s': None, 'steps_s': None,
+         'eval_s': None, 'steps': None,
          'status': 'pending', 'error': None}
   row.update({k: v for k, v in (fields or {}).items() if k in row and k not in ('kind', 'name', 'seed')})
   return row

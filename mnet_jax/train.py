@@ -434,7 +434,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
   timer = _Throughput(config.batch_size * runs.count, start_step)
   unchecked: list[tuple[int, jax.Array]] = []  # (step, finite flags) not yet read back from the device
   state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
-  step = start_step
+  step, first_step_s = start_step, 0.0
   try:
     with _Preemption() as preemption:
       while step < total_steps:
@@ -446,6 +446,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
         if at_log or at_checkpoint or step == start_step + 1:
           _check_finite(unchecked, runs.seeds)  # never checkpoint or report a diverged state
           timer.mark(step)
+          first_step_s = first_step_s or time.time() - t_start  # compile, restore and the first batch
         if at_log:
           metrics = jax.device_get(metrics)
           img_s = timer.img_s()
@@ -478,7 +479,9 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
     checkpointing.finish_saves(managers, wait=jax.process_count() == 1 or isinstance(e, NonFiniteLossError))
     raise
 
+  eval_start = time.time()
   eval_metrics = evaluate(config, state, runs.eval_fn, runs.eval_sharding, runs.count)
+  eval_s = time.time() - eval_start
   log(f'[eval] final: top-1 {_values([m["top1"] for m in eval_metrics], ".4f")} '
       f'top-5 {_values([m["top5"] for m in eval_metrics], ".4f")} on {eval_metrics[0]["eval_examples"]} examples')
   wall_s = time.time() - t_start
@@ -492,7 +495,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
         'mult_adds': model_cost.mult_adds, 'params': model_cost.params,
         'top1': m['top1'], 'top5': m['top5'], 'eval_examples': m['eval_examples'],
         'steps': total_steps, 'train_img_s': timer.img_s() / runs.count or None, 'seeds_trained_together': runs.count,
-        'wall_s': wall_s, 'status': 'done', 'error': None, 'config': run_config.to_dict(),
+        'wall_s': wall_s, 'first_step_s': first_step_s, 'steps_s': timer.seconds, 'eval_s': eval_s,
+        'status': 'done', 'error': None, 'config': run_config.to_dict(),
     }
     if jax.process_index() == 0:
       atomic_write_json(workdir / 'results.json', results)

@@ -52,8 +52,8 @@ def _centre_contrast(encoded: bytes, size: int) -> float:
 def test_fine_textures_blur_away_at_low_resolution_and_coarse_ones_do_not():
   # Disks (classes 0-3) cover the image centre. Mean over a few images of each class.
   def contrast(texture: str, size: int) -> float:
-    label = procedural.CLASS_NAMES.index(f'disk_{texture}')
-    indices = [label + procedural.NUM_CLASSES * k for k in range(6)]
+    label = procedural.class_names('shapes16').index(f'disk_{texture}')
+    indices = [label + procedural.num_classes('shapes16') * k for k in range(6)]
     return float(np.mean([_centre_contrast(procedural.example(0, 'test', i, 128)[0], size) for i in indices]))
 
   flat = contrast('flat', 128)
@@ -63,3 +63,26 @@ def test_fine_textures_blur_away_at_low_resolution_and_coarse_ones_do_not():
   assert contrast('fine_stripes', 32) < 0.1 * contrast('fine_stripes', 128)
   # Graded: at 64 px the fine stripes are weakened but still there.
   assert 0.2 * contrast('fine_stripes', 128) < contrast('fine_stripes', 64) < 0.8 * contrast('fine_stripes', 128)
+
+
+def test_default_design_has_100_classes_whose_finest_periods_blur_away_one_level_per_resolution_step():
+  """shapes100 at 72 px: contrast of each period level after an anti-aliased resize to the offline grid's
+  resolutions (PIL, not TF) falls level by level as the resolution shrinks."""
+  names = procedural.class_names('shapes100')
+  assert len(names) == len(set(names)) == procedural.num_classes('shapes100') == 100
+
+  def contrast(level: int, size: int) -> float:
+    label = names.index(f'disk_stripes90_p{level}')
+    indices = [label + 100 * k for k in range(6)]
+    return float(np.mean([_centre_contrast(procedural.example(0, 'test', i, 72, 'shapes100')[0], size)
+                          for i in indices]))
+
+  native = [contrast(level, 72) for level in range(5)]
+  assert min(native) > 20  # every level is plainly visible at the native size
+  kept = {size: [contrast(level, size) / native[level] for level in range(5)] for size in (63, 45, 36)}
+  for size, fractions in kept.items():  # finer periods lose more at every resolution...
+    assert fractions == sorted(fractions), (size, fractions)
+  for level in range(5):  # ...and every period loses more as the resolution shrinks
+    assert kept[63][level] > kept[45][level] > kept[36][level], level
+  assert kept[36][0] < 0.25 and kept[63][0] > 0.5  # the finest is nearly gone at 36 px, mostly there at 63
+  assert kept[36][4] > 0.7  # the coarsest survives everywhere
