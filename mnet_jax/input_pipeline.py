@@ -6,7 +6,8 @@ permutation of the split (`tf.random.experimental.index_shuffle`), and process p
 the p-th slice of it. So a run resumed at step s sees exactly the data an uninterrupted
 run sees, skipping costs nothing, and the union over processes is the same whatever P is.
 Augmentation draws from stateless random ops keyed by the example's global position.
-That needs random access to the split: it is held in memory (encoded) when `cache` is set
+Evaluation reads example i of its split at global position i, each process only its own.
+Both need random access to the split: it is held in memory (encoded) when `cache` is set
 or for a folder of images, and read through `tfds.data_source` (ArrayRecord) otherwise.
 """
 
@@ -88,21 +89,19 @@ def eval_batches(data: Any, *, global_batch_size: int, resolution: int, process_
   builder = _builder(data)
   size = _num_examples(builder, data.eval_split)
   num_batches = math.ceil(size / global_batch_size)
-  # Example i of the split sits at global position i; this process keeps the positions
-  # of its slices and pads to num_batches full local batches with masked copies.
-  examples = _encoded_stream(builder, data.eval_split).enumerate()
-  examples = examples.filter(lambda i, _: (i % global_batch_size) // local_batch_size == process_index)
-  examples = examples.map(lambda _, example: (example['image'], example['label'], 1.0))
-  if data.cache:
-    examples = examples.cache()
-  padding = examples.take(1).map(lambda image, label, _: (image, label, 0.0)).repeat()
-  examples = examples.concatenate(padding).take(num_batches * local_batch_size)
+  fetch = _random_access(builder, data, data.eval_split)
 
-  def load(encoded: tf.Tensor, label: tf.Tensor, mask: tf.Tensor) -> dict[str, tf.Tensor]:
+  # Example i of the split sits at global position i; this process reads the positions of
+  # its slices, past the end of the split reads a masked copy of the last example.
+  def load(counter: tf.Tensor) -> dict[str, tf.Tensor]:
+    step, slot = counter // local_batch_size, counter % local_batch_size
+    position = step * global_batch_size + process_index * local_batch_size + slot
+    encoded, label = fetch(tf.minimum(position, size - 1))
     image = _eval_image(encoded, resolution, data.eval_crop)
-    return {'image': _scale(image), 'label': tf.cast(label, tf.int32), 'mask': tf.cast(mask, tf.float32)}
+    return {'image': _scale(image), 'label': label, 'mask': tf.cast(position < size, tf.float32)}
 
-  dataset = examples.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
+  counters = tf.data.Dataset.range(num_batches * local_batch_size)
+  dataset = counters.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
   return _numpy(dataset.batch(local_batch_size))
 
 
@@ -153,16 +152,30 @@ def _encoded_stream(builder: tfds.core.DatasetBuilder, split: str) -> tf.data.Da
   return builder.as_dataset(split=split, shuffle_files=False, decoders=_SKIP_DECODING, read_config=read_config)
 
 
-def _random_access(builder: tfds.core.DatasetBuilder, data: Any,
-                   split: str) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
-  """A tf function from example index to (encoded image, int32 label)."""
-  if data.cache or data.name == FOLDER:
+_IN_MEMORY: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _encoded_in_memory(builder: tfds.core.DatasetBuilder, data: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """The split's encoded images and int32 labels as arrays, read once per process (a sweep's seeds and
+  points share them); the last two splits read are kept (train and eval)."""
+  key = (data.name, data.folder, data.data_dir, str(builder.version), split)
+  if key not in _IN_MEMORY:
     images, labels = [], []
     for chunk in _encoded_stream(builder, split).batch(4096).as_numpy_iterator():  # batched: far fewer Python steps
       images.append(chunk['image'])
       labels.append(chunk['label'])
-    images = tf.constant(np.concatenate(images), tf.string)
-    labels = tf.constant(np.concatenate(labels).astype(np.int32))
+    if len(_IN_MEMORY) > 1:
+      _IN_MEMORY.pop(next(iter(_IN_MEMORY)))
+    _IN_MEMORY[key] = np.concatenate(images), np.concatenate(labels).astype(np.int32)
+  return _IN_MEMORY[key]
+
+
+def _random_access(builder: tfds.core.DatasetBuilder, data: Any,
+                   split: str) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+  """A tf function from example index to (encoded image, int32 label)."""
+  if data.cache or data.name == FOLDER:
+    images, labels = _encoded_in_memory(builder, data, split)
+    images, labels = tf.constant(images, tf.string), tf.constant(labels)
     return lambda index: (tf.gather(images, index), tf.gather(labels, index))
   try:
     source = builder.as_data_source(split=split, decoders=_SKIP_DECODING)

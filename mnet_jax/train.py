@@ -54,6 +54,7 @@ class TrainState:
   batch_stats: Any
   opt_state: Any
   ema_params: Any  # {} when the EMA is off
+  ema_batch_stats: Any  # the EMA of the moving BatchNorm statistics; {} when the EMA is off
 
 
 def log(message: str) -> None:
@@ -82,11 +83,21 @@ def make_mesh() -> Mesh:
 
 
 def init_state(model: MobileNetV1, tx: optax.GradientTransformation, resolution: int,
-               seed: int, use_ema: bool) -> TrainState:
+               seed: int | jax.Array, use_ema: bool) -> TrainState:
   variables = model.init(jax.random.key(seed), jnp.zeros((1, resolution, resolution, 3)), train=False)
   params = variables['params']
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=variables['batch_stats'],
-                    opt_state=tx.init(params), ema_params=params if use_ema else {})
+  batch_stats = variables['batch_stats']
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                    opt_state=tx.init(params), ema_params=params if use_ema else {},
+                    ema_batch_stats=batch_stats if use_ema else {})
+
+
+def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
+  """The EMA's decay for the update after `step` updates: TF's ExponentialMovingAverage with num_updates
+  (used by TF-slim's and the TPU reference's MobileNet training), min(decay, (1 + t) / (10 + t)), so that
+  the average forgets the random init within the first few hundred steps."""
+  t = step.astype(jnp.float32)
+  return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
 
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], seed: int | jax.Array, *, model: MobileNetV1,
@@ -107,9 +118,12 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], seed: int | jax.A
   (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  ema_params = state.ema_params
+  ema_params, ema_batch_stats = state.ema_params, state.ema_batch_stats
   if ema_decay:
-    ema_params = jax.tree.map(lambda e, p: ema_decay * e + (1 - ema_decay) * p, ema_params, params)
+    decay = ema_decay_at(state.step, ema_decay)
+    average = lambda e, p: decay * e + (1 - decay) * p  # noqa: E731
+    ema_params = jax.tree.map(average, ema_params, params)
+    ema_batch_stats = jax.tree.map(average, ema_batch_stats, batch_stats)
   grad_norm = optax.tree.norm(grads)
   # A finite gradient times a huge rate can still overflow the parameters, which would then be checkpointed.
   params_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)]))
@@ -117,7 +131,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], seed: int | jax.A
              'grad_norm': grad_norm, 'learning_rate': schedule(state.step),
              'finite': jnp.isfinite(loss) & jnp.isfinite(grad_norm) & params_finite}
   new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
-                         opt_state=opt_state, ema_params=ema_params)
+                         opt_state=opt_state, ema_params=ema_params, ema_batch_stats=ema_batch_stats)
   return new_state, metrics
 
 
@@ -140,11 +154,12 @@ def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[
 def evaluate(config: ml_collections.ConfigDict, state: TrainState, eval_fn, sharding,
              num_seeds: int = 1) -> list[dict[str, float]]:
   """Top-1/top-5 on the eval split, one dict per seed (`state` stacked on a seed axis when several)."""
-  params = state.ema_params if config.optim.ema_decay else state.params
+  ema = bool(config.optim.ema_decay)
+  params, batch_stats = (state.ema_params, state.ema_batch_stats) if ema else (state.params, state.batch_stats)
   totals = {k: np.zeros(num_seeds) for k in ('top1', 'top5', 'count')}
   for batch in input_pipeline.eval_batches(config.data, global_batch_size=config.batch_size,
                                            resolution=config.model.resolution):
-    sums = jax.device_get(eval_fn(params, state.batch_stats, global_batch(batch, sharding)))
+    sums = jax.device_get(eval_fn(params, batch_stats, global_batch(batch, sharding)))
     for k in totals:
       totals[k] += np.asarray(sums[k], np.float64).reshape(num_seeds)
   count = np.maximum(totals['count'], 1.0)
@@ -373,8 +388,9 @@ class _Runs:
     self.eval_fn = jax.jit(evaluate_one, in_shardings=(self.replicated, self.replicated, self.eval_sharding),
                            out_shardings=self.replicated)
     resolution, use_ema = config.model.resolution, bool(config.optim.ema_decay)
-    self.init_fns = [jax.jit(functools.partial(init_state, model, tx, resolution, seed, use_ema),
-                             out_shardings=self.replicated) for seed in self.seeds]
+    # The seed is an argument, not a constant: one compilation initializes every seed.
+    init = jax.jit(lambda seed: init_state(model, tx, resolution, seed, use_ema), out_shardings=self.replicated)
+    self.init_fns = [functools.partial(init, seed) for seed in self.seeds]
 
   def stack(self, states: list[TrainState]) -> TrainState:
     return stack_seeds(states) if self.together else states[0]

@@ -128,3 +128,19 @@ def test_unprepared_and_unknown_datasets_raise_one_clear_line(tmp_path):
 def test_uncached_tfrecord_training_explains_itself(tiny_data_dir):
   with pytest.raises(input_pipeline.DatasetError, match='array_record'):
     _train(_data(data_dir=tiny_data_dir, cache=False), 1, process_index=0, process_count=1)
+
+
+def test_uncached_array_record_build_trains_and_evaluates(tmp_path):
+  # The ImageNet preset's path (cache=False): training and evaluation both read the ArrayRecord build by index,
+  # each process its own positions, and evaluation counts every example once.
+  builder = tfds.builder(datasets.TINY_DATASET, data_dir=str(tmp_path), file_format='array_record')
+  builder.download_and_prepare()
+  data = _data(data_dir=str(tmp_path), cache=False)
+  assert _train(data, 1, process_index=0, process_count=1)[0]['image'].shape == (32, 32, 32, 3)
+  labels = []
+  for process in range(2):
+    for batch in input_pipeline.eval_batches(data, global_batch_size=32, resolution=32, process_index=process,
+                                             process_count=2):
+      labels.extend(batch['label'][batch['mask'] == 1])
+  expected = [e['label'] for e in builder.as_data_source(split='test')]
+  assert sorted(labels) == sorted(expected) and len(labels) == 100

@@ -207,3 +207,33 @@ def test_small_model_learns_well_above_chance(tiny_data_dir, tmp_path):
   results = train.train_and_evaluate(config, str(tmp_path))
   chance = 1 / 16
   assert results['top1'] >= 3 * chance, results['top1']
+
+
+def test_ema_of_weights_and_batch_stats_follows_the_reference_formula():
+  # TF's ExponentialMovingAverage(decay, num_updates): decay_t = min(decay, (1 + t) / (10 + t)), applied to the
+  # weights and to the moving BatchNorm statistics, written out here step by step.
+  import jax.numpy as jnp
+  import optax
+
+  model = train.create_model(make_config({'model.alpha': 0.25}).model, 5)
+  tx = optax.sgd(0.5)
+  state = train.init_state(model, tx, 32, 0, use_ema=True)
+  step = jax.jit(lambda s, b: train.train_step(s, b, 0, model=model, tx=tx, schedule=optax.constant_schedule(0.5),
+                                               label_smoothing=0.0, ema_decay=0.9))
+  rng = np.random.default_rng(0)
+  expected = {'params': state.params, 'batch_stats': state.batch_stats}
+  for t in range(4):
+    batch = {'image': jnp.asarray(rng.uniform(-1, 1, (8, 32, 32, 3)), jnp.float32),
+             'label': jnp.asarray(rng.integers(0, 5, 8), jnp.int32)}
+    state, _ = step(state, batch)
+    decay = min(0.9, (1 + t) / (10 + t))
+    expected = {k: jax.tree.map(lambda e, p, d=decay: d * e + (1 - d) * p, expected[k], getattr(state, k))
+                for k in expected}
+  for got, want in ((state.ema_params, expected['params']), (state.ema_batch_stats, expected['batch_stats'])):
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+      np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+  # After 4 updates the init still weighs 0.1 * 2/11 * 3/12 * 4/13 = 0.0014 (a fixed 0.9 would leave 0.66).
+  init = train.init_state(model, tx, 32, 0, use_ema=True).params
+  kernel = lambda tree: np.asarray(tree['block10_depthwise']['kernel'])  # noqa: E731
+  distance = lambda a, b: np.abs(kernel(a) - kernel(b)).max()  # noqa: E731
+  assert distance(state.ema_params, state.params) < 0.5 * distance(init, state.params)
