@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.bn_epsilon = 1e-3
   config.model.dtype = 'bfloat16' if imagenet else 'float32'
   config.model.depthwise_impl = 'auto'  # shifted multiply-adds on CPU, grouped conv elsewhere
+  config.model.kernel_init = 'slim' if imagenet else 'he_normal'  # 'slim': TF-slim's truncated normal, std 0.09
   if arg.alpha > 0:
     config.model.alpha = arg.alpha
   if arg.resolution > 0:
@@ -54,6 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim = ml_collections.ConfigDict()
   config.optim.optimizer = 'rmsprop'
   config.optim.rmsprop_decay = 0.9
+  config.optim.rmsprop_initial_scale = 1.0  # TF's: the mean square starts at 1, so the first ~40 steps are small
   config.optim.momentum = 0.9
   config.optim.nesterov = False
   config.optim.epsilon = 1.0

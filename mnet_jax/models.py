@@ -13,6 +13,10 @@ from mnet_jax.batch_norm import CLIP_MAX, BatchNormAct
 from mnet_jax.layers import Conv, DepthwiseConv, PointwiseConv, resolve_depthwise_impl
 
 ACTIVATIONS = tuple(CLIP_MAX)  # each fused into the BatchNorm before it
+# Kernel initializers: Flax's He normal, or TF-slim's `mobilenet_v1_arg_scope` (a normal of std 0.09 cut at
+# 2 std, every convolution and the logits). Every kernel sits before a BatchNorm, except the logits, so
+# the scale sets the effective learning rate: He gives the 3x3 depthwise kernels (fan-in 9) std 0.47.
+KERNEL_INITS = {'he_normal': nn.initializers.he_normal(), 'slim': nn.initializers.truncated_normal(0.09)}
 
 
 class MobileNetV1(nn.Module):
@@ -32,6 +36,7 @@ class MobileNetV1(nn.Module):
   bn_epsilon: float = 1e-3
   dtype: Any = jnp.float32  # compute dtype; parameters stay float32
   depthwise_impl: str = 'auto'  # 'grouped' | 'shifted' | 'auto' (by backend)
+  kernel_init: str = 'he_normal'  # a key of KERNEL_INITS
 
   def check(self) -> None:
     """Raise ValueError naming the first bad field."""
@@ -40,6 +45,8 @@ class MobileNetV1(nn.Module):
     if self.activation not in ACTIVATIONS:
       raise ValueError(f'unknown activation {self.activation!r}; expected one of {", ".join(ACTIVATIONS)}')
     resolve_depthwise_impl(self.depthwise_impl)
+    if self.kernel_init not in KERNEL_INITS:
+      raise ValueError(f'unknown kernel_init {self.kernel_init!r}; expected one of {", ".join(KERNEL_INITS)}')
     if self.num_classes < 1:
       raise ValueError(f'num_classes must be positive, got {self.num_classes}')
 
@@ -54,18 +61,20 @@ class MobileNetV1(nn.Module):
         use_running_average=not train, activation=self.activation, momentum=self.bn_momentum,
         epsilon=self.bn_epsilon, dtype=self.dtype, name=name)
     x = images.astype(self.dtype)
+    init = KERNEL_INITS[self.kernel_init]
     for layer in architecture.layers(
         self.alpha, images.shape[1], self.variant, self.num_classes, self.min_depth):
       if layer.kind == 'conv3x3':
-        x = Conv(layer.out_channels, 3, layer.stride, self.depthwise_impl, self.dtype, name=layer.name)(x)
+        x = Conv(layer.out_channels, 3, layer.stride, self.depthwise_impl, self.dtype, init, name=layer.name)(x)
       elif layer.kind == 'depthwise':
-        x = DepthwiseConv(layer.stride, self.depthwise_impl, self.dtype, name=layer.name)(x)
+        x = DepthwiseConv(layer.stride, self.depthwise_impl, self.dtype, init, name=layer.name)(x)
       elif layer.kind == 'pointwise':
-        x = PointwiseConv(layer.out_channels, self.dtype, name=layer.name)(x)
+        x = PointwiseConv(layer.out_channels, self.dtype, init, name=layer.name)(x)
       else:  # the classifier
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = nn.Dense(layer.out_channels, dtype=self.dtype, name=layer.name)(x)
+        dense_init = init if self.kernel_init == 'slim' else nn.initializers.lecun_normal()  # Flax's default
+        x = nn.Dense(layer.out_channels, dtype=self.dtype, kernel_init=dense_init, name=layer.name)(x)
         break
       x = norm_act(f'{layer.name}_bn')(x)
     return x.astype(jnp.float32)

@@ -57,9 +57,10 @@ def learning_rate_schedule(optim: Any, batch_size: int, steps_per_epoch: int,
 def create_optimizer(optim: Any, params: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
   """optax chain: [clip] -> masked L2 -> RMSprop | SGD with momentum."""
   if optim.optimizer == 'rmsprop':
-    # TF's RMSPropOptimizer: mean square initialised to 1, epsilon inside the sqrt,
-    # momentum applied after the learning rate.
-    base = optax.rmsprop(schedule, decay=optim.rmsprop_decay, eps=optim.epsilon, initial_scale=1.0,
+    # TF's RMSPropOptimizer: mean square initialised to 1 (rmsprop_initial_scale), epsilon inside the
+    # sqrt, momentum applied after the learning rate.
+    base = optax.rmsprop(schedule, decay=optim.rmsprop_decay, eps=optim.epsilon,
+                         initial_scale=optim.get('rmsprop_initial_scale', 1.0),
                          eps_in_sqrt=True, momentum=optim.momentum)
   elif optim.optimizer == 'sgd':
     base = optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov)

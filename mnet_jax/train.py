@@ -69,7 +69,7 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> M
       variant=model_config.variant, activation=model_config.activation,
       dropout_rate=model_config.dropout_rate, bn_momentum=model_config.bn_momentum,
       bn_epsilon=model_config.bn_epsilon, dtype=jnp.dtype(model_config.dtype),
-      depthwise_impl=model_config.depthwise_impl)
+      depthwise_impl=model_config.depthwise_impl, kernel_init=model_config.get('kernel_init', 'he_normal'))
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:

@@ -227,6 +227,17 @@ def test_bfloat16_training_step_keeps_float32_statistics(small_model, images):
   assert stats and all(s.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(s))) for s in stats)
 
 
+def test_slim_initializer_is_tf_slims_truncated_normal():
+  # tf.truncated_normal_initializer(stddev=0.09): a N(0, 0.09) cut at 2 std (std 0.09 * 0.8796), on every
+  # kernel including the classifier's; He normal gives the 3x3 depthwise kernels (fan-in 9) std sqrt(2/9).
+  slim = MobileNetV1(alpha=1.0, kernel_init='slim').init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))['params']
+  he = MobileNetV1(alpha=1.0).init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)))['params']
+  for name in ('stem', 'block13_depthwise', 'block13_pointwise', 'classifier'):
+    kernel = np.asarray(slim[name]['kernel'])
+    assert abs(kernel.std() / (0.09 * 0.8796) - 1) < 0.1 and np.abs(kernel).max() <= 0.18
+  assert abs(np.asarray(he['block13_depthwise']['kernel']).std() / np.sqrt(2 / 9) - 1) < 0.1
+
+
 # --- Bad input ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('fields, match', [
@@ -238,6 +249,7 @@ def test_bfloat16_training_step_keeps_float32_statistics(small_model, images):
     ({'activation': 'gelu'}, 'activation'),
     ({'depthwise_impl': 'fft'}, 'depthwise'),
     ({'num_classes': 0}, 'num_classes'),
+    ({'kernel_init': 'xavier'}, 'kernel_init'),
 ])
 def test_bad_fields(fields, match):
   with pytest.raises(ValueError, match=match):

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 
 from mnet_jax import optim
 from mnet_jax.models import MobileNetV1
@@ -52,20 +53,22 @@ def test_depthwise_kernels_are_not_decayed_but_pointwise_are():
   assert not np.any(updates['classifier']['bias'])
 
 
-def test_rmsprop_matches_tensorflow_update_rule():
-  """TF's RMSPropOptimizer: ms starts at 1, ms = d*ms + (1-d)*g^2, mom = m*mom + lr*g/sqrt(ms+eps)."""
-  config = _optim_config(weight_decay=0.0)
+@pytest.mark.parametrize('initial_scale, epsilon', [(1.0, 1.0), (0.0, 1e-3)])
+def test_rmsprop_matches_tensorflow_update_rule(initial_scale, epsilon):
+  """TF's RMSPropOptimizer: ms starts at 1 (or the configured scale), ms = d*ms + (1-d)*g^2,
+  mom = m*mom + lr*g/sqrt(ms+eps)."""
+  config = _optim_config(weight_decay=0.0, rmsprop_initial_scale=initial_scale, epsilon=epsilon)
   w = {'kernel': jnp.array([1.0, -2.0, 3.0])}
   tx = optim.create_optimizer(config, w, optax.constant_schedule(0.1))
   state = tx.init(w)
-  ms, mom, ref = np.ones(3), np.zeros(3), np.array(w['kernel'])
+  ms, mom, ref = np.full(3, initial_scale), np.zeros(3), np.array(w['kernel'])
   rng = np.random.default_rng(0)
   for _ in range(5):
     g = rng.normal(size=3)
     updates, state = tx.update({'kernel': jnp.asarray(g, jnp.float32)}, state, w)
     w = optax.apply_updates(w, updates)
     ms = 0.9 * ms + 0.1 * g * g
-    mom = 0.9 * mom + 0.1 * g / np.sqrt(ms + 1.0)
+    mom = 0.9 * mom + 0.1 * g / np.sqrt(ms + epsilon)
     ref = ref - mom
   np.testing.assert_allclose(w['kernel'], ref, rtol=1e-5)
 
