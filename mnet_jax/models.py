@@ -16,7 +16,9 @@ ACTIVATIONS = tuple(CLIP_MAX)  # each fused into the BatchNorm before it
 # Kernel initializers: Flax's He normal, or TF-slim's `mobilenet_v1_arg_scope` (a normal of std 0.09 cut at
 # 2 std, every convolution and the logits). Every kernel sits before a BatchNorm, except the logits, so
 # the scale sets the effective learning rate: He gives the 3x3 depthwise kernels (fan-in 9) std 0.47.
-KERNEL_INITS = {'he_normal': nn.initializers.he_normal(), 'slim': nn.initializers.truncated_normal(0.09)}
+# Each name maps to (convolution kernels, classifier kernel); 'he_normal' keeps Flax's Dense default there.
+KERNEL_INITS = {'he_normal': (nn.initializers.he_normal(), nn.initializers.lecun_normal()),
+                'slim': (nn.initializers.truncated_normal(0.09),) * 2}
 
 
 class MobileNetV1(nn.Module):
@@ -61,7 +63,7 @@ class MobileNetV1(nn.Module):
         use_running_average=not train, activation=self.activation, momentum=self.bn_momentum,
         epsilon=self.bn_epsilon, dtype=self.dtype, name=name)
     x = images.astype(self.dtype)
-    init = KERNEL_INITS[self.kernel_init]
+    init, classifier_init = KERNEL_INITS[self.kernel_init]
     for layer in architecture.layers(
         self.alpha, images.shape[1], self.variant, self.num_classes, self.min_depth):
       if layer.kind == 'conv3x3':
@@ -73,8 +75,7 @@ class MobileNetV1(nn.Module):
       else:  # the classifier
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        dense_init = init if self.kernel_init == 'slim' else nn.initializers.lecun_normal()  # Flax's default
-        x = nn.Dense(layer.out_channels, dtype=self.dtype, kernel_init=dense_init, name=layer.name)(x)
+        x = nn.Dense(layer.out_channels, dtype=self.dtype, kernel_init=classifier_init, name=layer.name)(x)
         break
       x = norm_act(f'{layer.name}_bn')(x)
     return x.astype(jnp.float32)
