@@ -63,6 +63,28 @@ def test_two_processes_split_the_same_global_batches(tiny_data_dir):
       np.testing.assert_array_equal(np.concatenate([halves[0][step][key], halves[1][step][key]]), batch[key])
 
 
+def test_whole_image_crops_decode_the_split_once_with_the_same_batches(tiny_data_dir, monkeypatch):
+  # min_area 1 (the offline study): every crop is the whole image, so the split is decoded and resized once
+  # per resolution. The batches must be bitwise those of decoding every example at every step.
+  data = _data(data_dir=tiny_data_dir, min_area=1.0)
+  input_pipeline._PREPROCESSED.clear()
+  once = _train(data, 12, process_index=0, process_count=1)  # crosses an epoch boundary
+  assert len(input_pipeline._PREPROCESSED) == 1  # the decode-once path ran
+  monkeypatch.setattr(input_pipeline, '_PREPROCESSED_MAX_BYTES', 0)  # too large: decode per example
+  per_example = _train(data, 12, process_index=0, process_count=1)
+  for a, b in zip(once, per_example, strict=True):
+    np.testing.assert_array_equal(a['image'], b['image'])
+    np.testing.assert_array_equal(a['label'], b['label'])
+  # And the whole image is what training sees: unflipped, an epoch of the test split is its eval view at crop 1.
+  data = _data(data_dir=tiny_data_dir, min_area=1.0, flip=False, train_split='test', eval_crop=1.0)
+  train_images = np.concatenate([b['image'] for b in _train(data, 1, global_batch_size=100, process_index=0,
+                                                                   process_count=1)])
+  (eval_batch,) = input_pipeline.eval_batches(data, global_batch_size=100, resolution=32, process_index=0,
+                                              process_count=1)
+  key = lambda images: sorted(images.reshape(len(images), -1).tolist())  # noqa: E731
+  assert key(train_images) == key(eval_batch['image'])
+
+
 def test_eval_counts_every_example_once_across_processes(tiny_data_dir):
   # eval_crop 1 at the native 64 px is (up to resampling round-off) the decoded JPEG
   # itself, so each eval image can be matched to one image of the split as TFDS decodes it.
