@@ -391,12 +391,15 @@ class _Runs:
     # The seed is an argument, not a constant: one compilation initializes every seed.
     init = jax.jit(lambda seed: init_state(model, tx, resolution, seed, use_ema), out_shardings=self.replicated)
     self.init_fns = [functools.partial(init, seed) for seed in self.seeds]
+    # Jitted: eagerly, every leaf was its own dispatch (1 s per point to stack, as much again to slice for saves).
+    self._stack = jax.jit(stack_seeds, out_shardings=self.replicated)
+    self._slice = jax.jit(seed_slice, out_shardings=self.replicated)
 
   def stack(self, states: list[TrainState]) -> TrainState:
-    return stack_seeds(states) if self.together else states[0]
+    return self._stack(states) if self.together else states[0]
 
   def state_of(self, state: TrainState, index: int) -> TrainState:
-    return seed_slice(state, index) if self.together else state
+    return self._slice(state, index) if self.together else state
 
   def value_of(self, metrics: dict[str, Any], index: int) -> dict[str, float]:
     return {k: float(np.asarray(v).reshape(self.count)[index]) for k, v in metrics.items()}

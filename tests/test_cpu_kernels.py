@@ -38,6 +38,18 @@ def test_kernel_grad_matches_float64_loop(batch, height, width, channels, stride
   np.testing.assert_allclose(got, numpy_kernel_grad(x, grad, stride), rtol=1e-5, atol=1e-5)
 
 
+def test_kernel_grad_under_vmap_gives_each_group_its_own_gradient():
+  # Seeds trained together vmap the call: the handler sees stacked operands and must not mix the seeds.
+  rng = np.random.default_rng(2)
+  x = rng.standard_normal((3, 2, 9, 8, 4), np.float32)
+  grad = rng.standard_normal((3, 2, 5, 4, 4), np.float32)
+  top, left = layers.same_padding(9, 3, 2)[0], layers.same_padding(8, 3, 2)[0]
+  got = jax.jit(jax.vmap(lambda a, b: cpu_kernels.depthwise_kernel_grad(a, b, 2, top, left)))(x, grad)
+  assert got.shape == (3, 3, 3, 1, 4)
+  for seed in range(3):
+    np.testing.assert_allclose(got[seed], numpy_kernel_grad(x[seed], grad[seed], 2), rtol=1e-5, atol=1e-5)
+
+
 def test_kernel_grad_rejects_other_dtypes():
   x = jnp.zeros((1, 4, 4, 2), jnp.bfloat16)
   with pytest.raises(ValueError, match='float32'):
