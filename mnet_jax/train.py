@@ -82,9 +82,12 @@ def make_mesh() -> Mesh:
   return jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
 
 
-def init_state(model: MobileNetV1, tx: optax.GradientTransformation, resolution: int,
-               seed: int | jax.Array, use_ema: bool) -> TrainState:
-  variables = model.init(jax.random.key(seed), jnp.zeros((1, resolution, resolution, 3)), train=False)
+def init_state(model: MobileNetV1, tx: optax.GradientTransformation, seed: int | jax.Array,
+               use_ema: bool) -> TrainState:
+  # The variables do not depend on the input size, so one size serves every resolution: a sweep compiles
+  # the initializer once per width (the persistent compilation cache has it for the other resolutions).
+  size = architecture.MIN_RESOLUTION
+  variables = model.init(jax.random.key(seed), jnp.zeros((1, size, size, 3)), train=False)
   params = variables['params']
   batch_stats = variables['batch_stats']
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
@@ -387,9 +390,9 @@ class _Runs:
                            out_shardings=(self.replicated, self.replicated), donate_argnums=0)
     self.eval_fn = jax.jit(evaluate_one, in_shardings=(self.replicated, self.replicated, self.eval_sharding),
                            out_shardings=self.replicated)
-    resolution, use_ema = config.model.resolution, bool(config.optim.ema_decay)
+    use_ema = bool(config.optim.ema_decay)
     # The seed is an argument, not a constant: one compilation initializes every seed.
-    init = jax.jit(lambda seed: init_state(model, tx, resolution, seed, use_ema), out_shardings=self.replicated)
+    init = jax.jit(lambda seed: init_state(model, tx, seed, use_ema), out_shardings=self.replicated)
     self.init_fns = [functools.partial(init, seed) for seed in self.seeds]
     # Jitted: eagerly, every leaf was its own dispatch (1 s per point to stack, as much again to slice for saves).
     self._stack = jax.jit(stack_seeds, out_shardings=self.replicated)
@@ -421,7 +424,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
   resolution = config.model.resolution
   steps_per_epoch, total_steps = num_train_steps(config, info.num_train)
   schedule = optim.learning_rate_schedule(config.optim, config.batch_size, steps_per_epoch, total_steps)
-  abstract = jax.eval_shape(lambda: init_state(model, optax.identity(), resolution, config.seed, False))
+  abstract = jax.eval_shape(lambda: init_state(model, optax.identity(), config.seed, False))
   tx = optim.create_optimizer(config.optim, abstract.params, schedule)
   runs = _Runs(configs, model, tx, schedule, make_mesh())
 

@@ -217,7 +217,7 @@ def test_ema_of_weights_and_batch_stats_follows_the_reference_formula():
 
   model = train.create_model(make_config({'model.alpha': 0.25}).model, 5)
   tx = optax.sgd(0.5)
-  state = train.init_state(model, tx, 32, 0, use_ema=True)
+  state = train.init_state(model, tx, 0, use_ema=True)
   step = jax.jit(lambda s, b: train.train_step(s, b, 0, model=model, tx=tx, schedule=optax.constant_schedule(0.5),
                                                label_smoothing=0.0, ema_decay=0.9))
   rng = np.random.default_rng(0)
@@ -233,7 +233,7 @@ def test_ema_of_weights_and_batch_stats_follows_the_reference_formula():
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
       np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
   # After 4 updates the init still weighs 0.1 * 2/11 * 3/12 * 4/13 = 0.0014 (a fixed 0.9 would leave 0.66).
-  init = train.init_state(model, tx, 32, 0, use_ema=True).params
+  init = train.init_state(model, tx, 0, use_ema=True).params
   kernel = lambda tree: np.asarray(tree['block10_depthwise']['kernel'])  # noqa: E731
   distance = lambda a, b: np.abs(kernel(a) - kernel(b)).max()  # noqa: E731
   assert distance(state.ema_params, state.params) < 0.5 * distance(init, state.params)
