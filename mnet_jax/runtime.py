@@ -4,11 +4,10 @@ XLA:CPU allocates every execution's buffers afresh. glibc serves blocks above 32
 mmap (worker threads' arenas too) and unmaps them on free, so each train step page-faults
 gigabytes of fresh, kernel-zeroed memory: for MobileNet 1.0-224 at batch 32, ~550k faults
 and ~1 s of kernel time per step, and element-wise passes ran at 6 GB/s instead of 27
-(measured here, see BENCHMARKS.md). Malloc arenas that never map or trim keep the memory
-for the next step. Two arenas, not one: with a single arena XLA's compiler threads
-queue on its lock (a train step compiled in 7.1 s instead of 4.6, 0.25-36 with 3 seeds), and
-1.0-224 training measured 16-21 img/s against 31 with two (step speed at the study's sizes
-unchanged). glibc reads these tunables only at start-up, hence a re-exec.
+(measured here, see BENCHMARKS.md). One malloc arena that never maps or trims keeps the
+memory for the next step. (Two arenas compiled faster, 4.6 against 7.1 s for a 0.25-36 3-seed train
+step, but trained 1.0-63 at 587-663 ms per step against 554-573, interleaved, in the study's loop.)
+glibc reads these tunables only at start-up, hence a re-exec.
 """
 
 from __future__ import annotations
@@ -18,7 +17,7 @@ import os
 import platform
 import sys
 
-RETAIN_MEMORY_TUNABLES = 'glibc.malloc.arena_max=2:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736'
+RETAIN_MEMORY_TUNABLES = 'glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:glibc.malloc.trim_threshold=68719476736'
 OPT_OUT_VARIABLE = 'MNET_JAX_SYSTEM_MALLOC'  # set to 1 to keep glibc's defaults
 _ACCELERATOR_PLUGINS = ('libtpu', 'jax_cuda12_plugin', 'jax_cuda13_plugin', 'jax_rocm60_plugin')
 
