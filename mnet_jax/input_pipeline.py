@@ -62,8 +62,8 @@ def train_batches(data: Any, *, global_batch_size: int, resolution: int, seed: i
   local_batch_size = _local_batch_size(global_batch_size, process_count)
   builder = _builder(data)
   size = _num_examples(builder, data.train_split)
-  fetch = _random_access(builder, data, data.train_split)
   preprocessed = _preprocessed_in_memory(builder, data, resolution) if _crop_is_whole_image(data) else None
+  fetch = _random_access(builder, data, data.train_split) if preprocessed is None else None
   seed = tf.constant(seed, tf.int64)
 
   def load(counter: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -177,7 +177,12 @@ def _encoded_in_memory(builder: tfds.core.DatasetBuilder, data: Any, split: str)
 def _crop_is_whole_image(data: Any) -> bool:
   """Whether every training crop is the whole image: area 1 leaves the sampler no other box (a failed
   draw falls back to the whole image too), so the crop and resize are the same at every step."""
-  return data.min_area >= 1.0 and (data.cache or data.name == FOLDER)
+  return data.min_area >= 1.0 and _held_in_memory(data)
+
+
+def _held_in_memory(data: Any) -> bool:
+  """Whether splits are read into memory (encoded) rather than through an ArrayRecord data source."""
+  return data.cache or data.name == FOLDER
 
 
 _PREPROCESSED: dict[tuple[Any, ...], tuple[tf.Tensor, tf.Tensor]] = {}
@@ -209,7 +214,7 @@ def _preprocessed_in_memory(builder: tfds.core.DatasetBuilder, data: Any,
 def _random_access(builder: tfds.core.DatasetBuilder, data: Any,
                    split: str) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
   """A tf function from example index to (encoded image, int32 label)."""
-  if data.cache or data.name == FOLDER:
+  if _held_in_memory(data):
     images, labels = _encoded_in_memory(builder, data, split)
     images, labels = tf.constant(images, tf.string), tf.constant(labels)
     return lambda index: (tf.gather(images, index), tf.gather(labels, index))
