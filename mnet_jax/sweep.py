@@ -110,14 +110,15 @@ def measure_inference(config: ml_collections.ConfigDict, batch_size: int, min_se
   probe_start = time.perf_counter()
   model = train.create_model(config.model, input_pipeline.dataset_info(config.data).num_classes)
   resolution = config.model.resolution
-  # Speed does not depend on the weights' values: constant weights of the right shapes skip the initializer,
-  # which ran eagerly for 16 s per point (1.0-63), most of the probe's cost.
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, resolution, resolution, 3)))
-  variables = jax.tree.map(lambda s: jnp.full(s.shape, 0.01, s.dtype), shapes)
+  # Speed does not depend on the weights' values: constant weights of the right shapes skip the initializer
+  # (it ran eagerly for 16 s per point at 1.0-63); made on the host and put once, which compiles nothing.
+  shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, resolution, resolution, 3),
+                                                                              jnp.float32))
+  variables = jax.device_put(jax.tree.map(lambda s: np.full(s.shape, 0.01, s.dtype), shapes))
   forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
 
   def timings(batch: int, seconds: float, repeats: int) -> np.ndarray:
-    images = jnp.zeros((batch, resolution, resolution, 3))
+    images = jax.device_put(np.zeros((batch, resolution, resolution, 3), np.float32))
     for _ in range(3):  # compile, then let allocators and caches settle
       forward(variables, images).block_until_ready()
     times, begin = [], time.perf_counter()

@@ -494,15 +494,19 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
           for manager in managers:
             manager.wait_until_finished()
           raise Preempted(f'SIGTERM received: checkpoint saved at step {step}; rerun the same command to resume')
-    for manager in managers:
-      manager.wait_until_finished()
   except BaseException as e:
     # Not where another process may have died: the writes' barriers would wait on it.
     checkpointing.finish_saves(managers, wait=jax.process_count() == 1 or isinstance(e, NonFiniteLossError))
     raise
 
   eval_start = time.time()
-  eval_metrics = evaluate(config, state, runs.eval_fn, runs.eval_sharding, runs.count)
+  try:
+    eval_metrics = evaluate(config, state, runs.eval_fn, runs.eval_sharding, runs.count)
+  except BaseException:
+    checkpointing.finish_saves(managers, wait=jax.process_count() == 1)
+    raise
+  for manager in managers:  # the final checkpoint was written while evaluating (~1 s per point saved)
+    manager.wait_until_finished()
   eval_s = time.time() - eval_start
   log(f'[eval] final: top-1 {_values([m["top1"] for m in eval_metrics], ".4f")} '
       f'top-5 {_values([m["top5"] for m in eval_metrics], ".4f")} on {eval_metrics[0]["eval_examples"]} examples')

@@ -68,13 +68,19 @@ def test_whole_image_crops_decode_the_split_once_with_the_same_batches(tiny_data
   # per resolution. The batches must be bitwise those of decoding every example at every step.
   data = _data(data_dir=tiny_data_dir, min_area=1.0)
   input_pipeline._PREPROCESSED.clear()
+  input_pipeline._DECODED.clear()
   once = _train(data, 12, process_index=0, process_count=1)  # crosses an epoch boundary
-  assert len(input_pipeline._PREPROCESSED) == 1  # the decode-once path ran
+  # The decode-once path ran, with the split decoded to one array (its images share one shape) resized in batches.
+  assert len(input_pipeline._PREPROCESSED) == 1 and len(input_pipeline._DECODED) == 1
+  input_pipeline._PREPROCESSED.clear()
+  monkeypatch.setattr(input_pipeline, '_decoded_in_memory', lambda *args: None)  # as for images of several sizes
+  each_once = _train(data, 12, process_index=0, process_count=1)
   monkeypatch.setattr(input_pipeline, '_PREPROCESSED_MAX_BYTES', 0)  # too large: decode per example
   per_example = _train(data, 12, process_index=0, process_count=1)
-  for a, b in zip(once, per_example, strict=True):
-    np.testing.assert_array_equal(a['image'], b['image'])
-    np.testing.assert_array_equal(a['label'], b['label'])
+  for a, b, c in zip(once, each_once, per_example, strict=True):
+    for key in ('image', 'label'):
+      np.testing.assert_array_equal(a[key], c[key])
+      np.testing.assert_array_equal(b[key], c[key])
   # And the whole image is what training sees: unflipped, an epoch of the test split is its eval view at crop 1.
   data = _data(data_dir=tiny_data_dir, min_area=1.0, flip=False, train_split='test', eval_crop=1.0)
   train_images = np.concatenate([b['image'] for b in _train(data, 1, global_batch_size=100, process_index=0,
