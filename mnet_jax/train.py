@@ -488,7 +488,9 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
           timer.pause()  # eval time is not training time
         if at_checkpoint:
           save(step)
-        if any_process(preemption.requested):
+        # On several hosts the check is a collective (an allgather that blocks dispatch until every host's
+        # step is done), so it runs at log and checkpoint steps only; one process checks its flag every step.
+        if (at_log or at_checkpoint or jax.process_count() == 1) and any_process(preemption.requested):
           _check_finite(unchecked, runs.seeds)
           save(step, force=True)
           for manager in managers:

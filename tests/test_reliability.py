@@ -341,3 +341,39 @@ def test_when_process_1_dies_or_hangs_process_0_exits_with_an_error(tiny_data_di
     # JAX ends the process itself (abort, with its own message) once the heartbeat timeout has passed.
     assert processes[0].returncode != 0 and 'another task died' in output, output[-3000:]
     assert seconds < 40, seconds  # the default timeout would be 100 s
+
+
+# `python -c ALLGATHERS_COUNTED <mnet_jax.main flags>` runs the entry point counting the cross-process allgathers
+# that `train.any_process` makes (each blocks until every process has finished its pending steps) and prints the
+# count at exit. (Orbax's own barriers while saving are not counted.)
+ALLGATHERS_COUNTED = '''
+import atexit, runpy, sys
+from jax.experimental import multihost_utils
+calls, allgather = [], multihost_utils.process_allgather
+def counted(*args, **kwargs):
+  if sys._getframe(1).f_code.co_name == 'any_process':
+    calls.append(1)
+  return allgather(*args, **kwargs)
+multihost_utils.process_allgather = counted
+atexit.register(lambda: print(f'process_allgather calls: {len(calls)}', flush=True))
+runpy.run_module('mnet_jax.main', run_name='__main__', alter_sys=True)
+'''
+
+
+def test_two_processes_check_for_preemption_at_log_and_checkpoint_steps_only(tiny_data_dir, cache_dir, tmp_path):
+  # The check is a collective: every step, it would stop dispatch from running ahead of the devices on a pod.
+  steps = 12
+  overrides = tiny_overrides(tiny_data_dir, num_train_steps=steps, log_every_steps=6, checkpoint_every_steps=steps,
+                             compilation_cache_dir=str(cache_dir))
+  port, workdir = _free_port(), tmp_path / 'run'
+  commands = [main_command(workdir, overrides, f'--coordinator_address=localhost:{port}', '--num_processes=2',
+                           f'--process_id={i}') for i in range(2)]
+  processes = [subprocess.Popen([sys.executable, '-c', ALLGATHERS_COUNTED, *command[3:]],
+                                env=subprocess_env(cache_dir, devices=2), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True) for command in commands]
+  outputs = [p.communicate(timeout=400)[0] for p in processes]
+  assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  for output in outputs:
+    calls = int(re.search(r'process_allgather calls: (\d+)', output).group(1))
+    # Steps 6 and 12, and the checkpoint's disk-space check; once per step would be 13.
+    assert calls == 3, output[-3000:]
