@@ -140,9 +140,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], seed: int | jax.A
 
 def eval_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *,
               model: MobileNetV1) -> dict[str, jax.Array]:
-  """Masked sums of top-1/top-5 hits over one (padded) eval batch."""
+  """Masked sums of top-1/top-5 hits over one (padded) eval batch (top-k of all classes when fewer than 5)."""
   logits = model.apply({'params': params, 'batch_stats': batch_stats}, batch['image'], train=False)
-  top5 = jax.lax.top_k(logits, 5)[1]
+  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
   hits = top5 == batch['label'][:, None]
   mask = batch['mask']
   return {'top1': jnp.sum(hits[:, 0] * mask), 'top5': jnp.sum(jnp.any(hits, -1) * mask),
@@ -154,9 +154,10 @@ def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[
   return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
 
 
-def evaluate(config: ml_collections.ConfigDict, state: TrainState, eval_fn, sharding,
-             num_seeds: int = 1) -> list[dict[str, float]]:
-  """Top-1/top-5 on the eval split, one dict per seed (`state` stacked on a seed axis when several)."""
+def evaluate(config: ml_collections.ConfigDict, state: TrainState, eval_fn, sharding, num_classes: int,
+             num_seeds: int = 1) -> list[dict[str, Any]]:
+  """Top-1/top-5 on the eval split, one dict per seed (`state` stacked on a seed axis when several); top-5 is
+  None with fewer than 5 classes, where it would say nothing."""
   ema = bool(config.optim.ema_decay)
   params, batch_stats = (state.ema_params, state.ema_batch_stats) if ema else (state.params, state.batch_stats)
   totals = {k: np.zeros(num_seeds) for k in ('top1', 'top5', 'count')}
@@ -166,7 +167,8 @@ def evaluate(config: ml_collections.ConfigDict, state: TrainState, eval_fn, shar
     for k in totals:
       totals[k] += np.asarray(sums[k], np.float64).reshape(num_seeds)
   count = np.maximum(totals['count'], 1.0)
-  return [{'top1': float(totals['top1'][i] / count[i]), 'top5': float(totals['top5'][i] / count[i]),
+  return [{'top1': float(totals['top1'][i] / count[i]),
+           'top5': float(totals['top5'][i] / count[i]) if num_classes >= 5 else None,
            'eval_examples': int(totals['count'][i])} for i in range(num_seeds)]
 
 
@@ -480,11 +482,10 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
             values = runs.value_of({k: v for k, v in metrics.items() if k != 'finite'}, index)
             writer.write(step, values | {'img_s': img_s / runs.count})
         if config.eval_every_steps and step % config.eval_every_steps == 0 and step < total_steps:
-          eval_metrics = evaluate(config, state, runs.eval_fn, runs.eval_sharding, runs.count)
-          log(f'[eval] step {step}: top-1 {_values([m["top1"] for m in eval_metrics], ".4f")} '
-              f'top-5 {_values([m["top5"] for m in eval_metrics], ".4f")}')
+          eval_metrics = evaluate(config, state, runs.eval_fn, runs.eval_sharding, info.num_classes, runs.count)
+          log(f'[eval] step {step}: {_accuracies(eval_metrics)}')
           for writer, m in zip(writers, eval_metrics, strict=True):
-            writer.write(step, {'eval_top1': m['top1'], 'eval_top5': m['top5']})
+            writer.write(step, _eval_scalars(m))
           timer.pause()  # eval time is not training time
         if at_checkpoint:
           save(step)
@@ -503,19 +504,18 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
 
   eval_start = time.time()
   try:
-    eval_metrics = evaluate(config, state, runs.eval_fn, runs.eval_sharding, runs.count)
+    eval_metrics = evaluate(config, state, runs.eval_fn, runs.eval_sharding, info.num_classes, runs.count)
   except BaseException:
     checkpointing.finish_saves(managers, wait=jax.process_count() == 1)
     raise
   for manager in managers:  # the final checkpoint was written while evaluating (~1 s per point saved)
     manager.wait_until_finished()
   eval_s = time.time() - eval_start
-  log(f'[eval] final: top-1 {_values([m["top1"] for m in eval_metrics], ".4f")} '
-      f'top-5 {_values([m["top5"] for m in eval_metrics], ".4f")} on {eval_metrics[0]["eval_examples"]} examples')
+  log(f'[eval] final: {_accuracies(eval_metrics)} on {eval_metrics[0]["eval_examples"]} examples')
   wall_s = time.time() - t_start
   all_results = []
   for run_config, workdir, writer, m in zip(configs, workdirs, writers, eval_metrics, strict=True):
-    writer.write(step, {'eval_top1': m['top1'], 'eval_top5': m['top5']})
+    writer.write(step, _eval_scalars(m))
     writer.close()
     results = {
         'alpha': config.model.alpha, 'resolution': resolution, 'rho': resolution / 224,
@@ -530,6 +530,18 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
       atomic_write_json(workdir / 'results.json', results)
     all_results.append(results)
   return all_results
+
+
+def _accuracies(eval_metrics: list[dict[str, Any]]) -> str:
+  """'top-1 0.6842/0.6512 top-5 0.9996/0.9964' (top-5 left out with fewer than 5 classes)."""
+  text = f'top-1 {_values([m["top1"] for m in eval_metrics], ".4f")}'
+  if eval_metrics[0]['top5'] is None:
+    return text
+  return f'{text} top-5 {_values([m["top5"] for m in eval_metrics], ".4f")}'
+
+
+def _eval_scalars(metrics: dict[str, Any]) -> dict[str, float]:
+  return {f'eval_{k}': metrics[k] for k in ('top1', 'top5') if metrics[k] is not None}
 
 
 def _values(values: Any, spec: str, first_only: bool = False) -> str:
