@@ -13,9 +13,11 @@ or for a folder of images, and read through `tfds.data_source` (ArrayRecord) oth
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import math
 import os
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -126,14 +128,22 @@ def _builder(data: Any) -> tfds.core.DatasetBuilder:
   if builder.name in datasets.EMBEDDED:
     builder.download_and_prepare()
     return builder
-  where = builder.data_dir
+  where, command = builder.data_dir, _prepare_command(data.name, str(builder.data_dir_root))
   if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
     files = _MANUAL_FILES.get(builder.name, 'the files its TFDS page lists')
     manual_dir = os.path.join(builder.data_dir_root, 'downloads', 'manual')  # TFDS's default
-    raise DatasetError(f'{data.name} is not prepared in {where}: put {files} in {manual_dir}, then run '
-                       f'`tfds build {data.name} --data_dir={builder.data_dir_root}`')
-  raise DatasetError(f'{data.name} is not prepared in {where}: run `tfds build {data.name} '
-                     f'--data_dir={builder.data_dir_root}` where there is network access')
+    raise DatasetError(f'{data.name} is not prepared in {where}: put {files} in {manual_dir}, then run `{command}`')
+  raise DatasetError(f'{data.name} is not prepared in {where}: run `{command}` where there is network access')
+
+
+def _prepare_command(name: str, data_dir_root: str) -> str:
+  """A shell command that prepares `name` as ArrayRecord, which every reading mode can use.
+
+  Not `tfds build`: TFDS 4.9.10's CLI imports apache_beam (not one of our requirements) before
+  anything else, and it writes TFRecord by default, which uncached reading cannot index.
+  """
+  return (f'python -c "import tensorflow_datasets as tfds; tfds.builder({name!r}, data_dir={data_dir_root!r}, '
+          f"file_format='array_record').download_and_prepare()\"")
 
 
 def _folder_builder(root: str | None, splits: tuple[str, ...]) -> tfds.core.DatasetBuilder:
@@ -245,8 +255,8 @@ def _random_access(builder: tfds.core.DatasetBuilder, data: Any,
     source = builder.as_data_source(split=split, decoders=_SKIP_DECODING)
   except NotImplementedError as error:  # e.g. TFRecord files
     raise DatasetError(f'{data.name} ({builder.info.file_format.value} files) has no random access: set '
-                       f'data.cache=True if its {split} split fits in memory, or rebuild it with `tfds build '
-                       f'{data.name} --file_format=array_record`') from error
+                       f'data.cache=True if its {split} split fits in memory, or rebuild it as ArrayRecord in '
+                       f'another data dir: `{_prepare_command(data.name, "DIR")}`') from error
 
   def read(index: tf.Tensor) -> tuple[np.ndarray, np.ndarray]:
     example = source[int(index)]
@@ -332,11 +342,46 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
   return global_batch_size // process_count
 
 
-def _numpy(dataset: tf.data.Dataset) -> Iterator[dict[str, np.ndarray]]:
+def _numpy(dataset: tf.data.Dataset) -> Iterator[Any]:
   options = tf.data.Options()
   options.deterministic = True
   # TF 2.21's autotuner made deleting a training iterator, once an evaluation pass had ended, wait about as
   # long as training had run (29 s per point of the offline study). Without it, AUTOTUNE means one call per
   # core and the prefetch buffer still grows on demand.
   options.autotune.enabled = False
-  return dataset.prefetch(_AUTOTUNE).with_options(options).as_numpy_iterator()
+  return _NumpyBatches(dataset.prefetch(_AUTOTUNE).with_options(options))
+
+
+class _NumpyBatches:
+  """A tf.data iterator yielding numpy arrays, deleted at the latest when the interpreter starts to exit.
+
+  Deleting a tf.data iterator waits for its in-flight map calls. Left to the interpreter's final teardown,
+  calls into Python (`tf.numpy_function`, the ArrayRecord reader) can no longer take the GIL: the process
+  hung or aborted at exit (7 runs in 20 here, reading an ArrayRecord build). An `atexit` hook deletes every
+  live iterator while the interpreter still runs.
+  """
+
+  _live: weakref.WeakSet = weakref.WeakSet()
+
+  def __init__(self, dataset: tf.data.Dataset):
+    self._iterator = iter(dataset)
+    self._live.add(self)
+
+  def __iter__(self) -> _NumpyBatches:
+    return self
+
+  def __next__(self) -> Any:
+    if self._iterator is None:
+      raise StopIteration
+    return tf.nest.map_structure(lambda tensor: tensor.numpy(), next(self._iterator))
+
+  def close(self) -> None:
+    self._iterator = None
+
+  @classmethod
+  def close_all(cls) -> None:
+    for batches in list(cls._live):
+      batches.close()
+
+
+atexit.register(_NumpyBatches.close_all)

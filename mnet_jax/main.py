@@ -64,9 +64,15 @@ def main(argv: list[str]) -> int:
       return sweep.run_sweep(config, FLAGS.workdir)
     train.train_and_evaluate(config, FLAGS.workdir)
     return 0
+  except train.Interrupted as e:
+    print(f'interrupted: {e}', file=sys.stderr)
+    return 130  # 128 + SIGINT, as a shell reports Ctrl-C
   except train.Preempted as e:
     print(f'preempted: {e}', file=sys.stderr)
     return 143  # 128 + SIGTERM: the job did not finish, rerunning resumes it
+  except KeyboardInterrupt:  # Ctrl-C outside the training loop (e.g. while evaluating)
+    print('interrupted: stopped at once; rerun the same command to resume from the last checkpoint', file=sys.stderr)
+    return 130
   except (ValueError, input_pipeline.DatasetError, checkpointing.DiskFullError) as e:
     if FLAGS.verbose:
       traceback.print_exc()

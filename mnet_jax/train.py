@@ -13,6 +13,7 @@ import functools
 import os
 import pathlib
 import signal
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -208,24 +209,42 @@ def _flat_diff(a: Any, b: Any, prefix: str = '') -> list[str]:
 
 
 class _Preemption:
-  """Turns SIGTERM (what a preempted TPU VM gets) into a flag the loop checks between steps."""
+  """Turns SIGTERM (what a preempted TPU VM gets) and a first Ctrl-C into a flag the loop checks between
+  steps (the run then saves its current step and stops); a second Ctrl-C stops at once."""
 
   def __init__(self):
-    self.requested = False
+    self.requested: str | None = None  # the signal's name
 
   def __enter__(self):
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
     return self
 
   def _handle(self, signum, frame):
-    self.requested = True
+    if signum == signal.SIGINT and self.requested == 'SIGINT':
+      # Not KeyboardInterrupt: raised wherever the interpreter is (a gc callback, a writer thread's join), it
+      # can be swallowed with a traceback. The newest complete checkpoint stays; a half-written one is
+      # cleared at the next start.
+      print('interrupted: stopped at once (second Ctrl-C); rerun the same command to resume from the last '
+            'checkpoint', file=sys.stderr, flush=True)
+      os._exit(130)
+    self.requested = signal.Signals(signum).name
 
   def __exit__(self, *exc):
-    signal.signal(signal.SIGTERM, self._previous)
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+  def stop_error(self, step: int) -> Preempted:
+    if self.requested == 'SIGINT':
+      return Interrupted(f'Ctrl-C: checkpoint saved at step {step}; rerun the same command to resume')
+    return Preempted(f'SIGTERM received: checkpoint saved at step {step}; rerun the same command to resume')
 
 
 class Preempted(Exception):
   """Raised after a checkpoint was saved in response to SIGTERM."""
+
+
+class Interrupted(Preempted):
+  """Raised after a checkpoint was saved in response to Ctrl-C (SIGINT)."""
 
 
 def any_process(flag: bool) -> bool:
@@ -483,7 +502,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
             writer.write(step, values | {'img_s': img_s / runs.count})
         if config.eval_every_steps and step % config.eval_every_steps == 0 and step < total_steps:
           eval_metrics = evaluate(config, state, runs.eval_fn, runs.eval_sharding, info.num_classes, runs.count)
-          log(f'[eval] step {step}: {_accuracies(eval_metrics)}')
+          log(f'[eval] step {step}: {_accuracies(eval_metrics)} on {eval_metrics[0]["eval_examples"]} examples')
           for writer, m in zip(writers, eval_metrics, strict=True):
             writer.write(step, _eval_scalars(m))
           timer.pause()  # eval time is not training time
@@ -491,12 +510,12 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
           save(step)
         # On several hosts the check is a collective (an allgather that blocks dispatch until every host's
         # step is done), so it runs at log and checkpoint steps only; one process checks its flag every step.
-        if (at_log or at_checkpoint or jax.process_count() == 1) and any_process(preemption.requested):
+        if (at_log or at_checkpoint or jax.process_count() == 1) and any_process(bool(preemption.requested)):
           _check_finite(unchecked, runs.seeds)
           save(step, force=True)
           for manager in managers:
             manager.wait_until_finished()
-          raise Preempted(f'SIGTERM received: checkpoint saved at step {step}; rerun the same command to resume')
+          raise preemption.stop_error(step)
   except BaseException as e:
     # Not where another process may have died: the writes' barriers would wait on it.
     checkpointing.finish_saves(managers, wait=jax.process_count() == 1 or isinstance(e, NonFiniteLossError))
@@ -541,7 +560,8 @@ def _accuracies(eval_metrics: list[dict[str, Any]]) -> str:
 
 
 def _eval_scalars(metrics: dict[str, Any]) -> dict[str, float]:
-  return {f'eval_{k}': metrics[k] for k in ('top1', 'top5') if metrics[k] is not None}
+  scalars = {f'eval_{k}': metrics[k] for k in ('top1', 'top5') if metrics[k] is not None}
+  return scalars | {'eval_examples': metrics['eval_examples']}
 
 
 def _values(values: Any, spec: str, first_only: bool = False) -> str:

@@ -18,6 +18,15 @@ def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope='session')
+def mini_imagenet_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+  """A TFDS data dir holding imagenet2012, prepared as ArrayRecord by TFDS's own builder from a miniature
+  manual download (`mini_imagenet`)."""
+  import mini_imagenet
+
+  return mini_imagenet.build(str(tmp_path_factory.mktemp('mini_imagenet')))
+
+
+@pytest.fixture(scope='session')
 def cache_dir(tmp_path_factory: pytest.TempPathFactory):
   """One JAX compilation cache for the subprocess runs of every test module."""
   return tmp_path_factory.mktemp('jax_cache')

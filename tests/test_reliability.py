@@ -92,20 +92,29 @@ def test_changed_config_is_refused_naming_the_fields(reference_run, cache_dir, t
   assert (workdir / 'config.json').read_text() == (ref_workdir / 'config.json').read_text()
 
 
-def test_sigterm_saves_a_checkpoint_and_exits_143(tiny_data_dir, tmp_path):
+@pytest.mark.parametrize('fault, signals, exit_code', [('SIGTERM', 1, 143), ('Ctrl-C', 1, 130), ('Ctrl-C', 2, 130)])
+def test_sigterm_or_ctrl_c_saves_the_current_step_and_exits_in_one_line(tiny_data_dir, tmp_path, fault, signals,
+                                                                         exit_code):
+  # A second Ctrl-C stops at once, without saving; both end with one line and the shell's exit code.
   overrides = tiny_overrides(tiny_data_dir, num_train_steps=100_000, checkpoint_every_steps=100_000)
   process = subprocess.Popen(main_command(tmp_path, overrides), env=subprocess_env(tmp_path),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 240
   while not (tmp_path / 'metrics.jsonl').exists() and time.time() < deadline:  # training has started
     time.sleep(0.1)
-  process.send_signal(signal.SIGTERM)
+  for _ in range(signals):
+    process.send_signal(signal.SIGTERM if fault == 'SIGTERM' else signal.SIGINT)
+    time.sleep(0.01)
+  start = time.time()
   _, stderr = process.communicate(timeout=120)
-  assert process.returncode == 143, stderr[-2000:]
-  assert 'checkpoint saved at step' in stderr
-  steps = [int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()]
-  assert steps and min(steps) > 0
+  assert process.returncode == exit_code, stderr[-2000:]
+  assert time.time() - start < 30 and 'Traceback' not in stderr, stderr[-2000:]
+  assert len([line for line in stderr.splitlines() if line.startswith(('preempted:', 'interrupted:'))]) == 1
   assert not (tmp_path / 'results.json').exists()
+  if signals == 1:  # the current step, not only the last periodic checkpoint (there is none before step 100000)
+    step = int(re.search(r'checkpoint saved at step (\d+)', stderr).group(1))
+    assert [int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()] == [step]
+    assert step > 0
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_previous(reference_run, cache_dir, tmp_path):

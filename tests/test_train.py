@@ -49,8 +49,9 @@ def make_config(overrides: dict):
   return config
 
 
-def main_command(workdir, overrides: dict, *extra) -> list[str]:
-  args = [sys.executable, '-m', 'mnet_jax.main', f'--config={DEFAULT_CONFIG}', f'--workdir={workdir}']
+def main_command(workdir, overrides: dict, *extra, preset: str = '') -> list[str]:
+  config = f'{DEFAULT_CONFIG}:{preset}' if preset else str(DEFAULT_CONFIG)
+  args = [sys.executable, '-m', 'mnet_jax.main', f'--config={config}', f'--workdir={workdir}']
   args += [f'--config.{k}={v}' for k, v in overrides.items()]
   return args + list(extra)
 
@@ -62,9 +63,9 @@ def subprocess_env(cache_dir, devices: int = 1) -> dict:
   return env
 
 
-def final_params(workdir, step: int | None = None) -> dict:
-  """The newest (or `step`'s) checkpoint's parameters as numpy arrays, read by Orbax alone onto this process's
-  device."""
+def checkpoint_state(workdir, step: int | None = None) -> dict:
+  """The newest (or `step`'s) checkpoint, the whole train state (params, batch_stats, opt_state, ema_params,
+  ema_batch_stats, step), read by Orbax alone onto this process's device."""
   if step is None:
     step = ocp.CheckpointManager(pathlib.Path(workdir, 'checkpoints').absolute()).latest_step()
   path = pathlib.Path(workdir, 'checkpoints', str(step), 'default')
@@ -72,7 +73,12 @@ def final_params(workdir, step: int | None = None) -> dict:
   device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                         checkpointer.metadata(path).item_metadata.tree)
-  restored = checkpointer.restore(path, target)
+  return checkpointer.restore(path, target)
+
+
+def final_params(workdir, step: int | None = None) -> dict:
+  """The newest (or `step`'s) checkpoint's parameters and BatchNorm statistics as arrays."""
+  restored = checkpoint_state(workdir, step)
   return {'step': int(restored['step']), 'params': restored['params'], 'batch_stats': restored['batch_stats']}
 
 
