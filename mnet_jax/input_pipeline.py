@@ -373,7 +373,8 @@ class _NumpyBatches:
   def __next__(self) -> Any:
     if self._iterator is None:
       raise StopIteration
-    return tf.nest.map_structure(lambda tensor: tensor.numpy(), next(self._iterator))
+    # `_numpy()`, as `as_numpy_iterator` does: a view of the tensor's buffer, where `.numpy()` copies it.
+    return tf.nest.map_structure(lambda tensor: tensor._numpy(), next(self._iterator))  # noqa: SLF001
 
   def close(self) -> None:
     self._iterator = None

@@ -93,10 +93,11 @@ def test_changed_config_is_refused_naming_the_fields(reference_run, cache_dir, t
 
 
 @pytest.mark.parametrize('fault, signals, exit_code', [('SIGTERM', 1, 143), ('Ctrl-C', 1, 130), ('Ctrl-C', 2, 130)])
-def test_sigterm_or_ctrl_c_saves_the_current_step_and_exits_in_one_line(tiny_data_dir, tmp_path, fault, signals,
-                                                                         exit_code):
+def test_sigterm_or_ctrl_c_saves_the_current_step_and_exits_in_one_line(tiny_data_dir, cache_dir, tmp_path, fault,
+                                                                         signals, exit_code):
   # A second Ctrl-C stops at once, without saving; both end with one line and the shell's exit code.
-  overrides = tiny_overrides(tiny_data_dir, num_train_steps=100_000, checkpoint_every_steps=100_000)
+  overrides = tiny_overrides(tiny_data_dir, num_train_steps=100_000, checkpoint_every_steps=100_000,
+                             compilation_cache_dir=str(cache_dir))
   process = subprocess.Popen(main_command(tmp_path, overrides), env=subprocess_env(tmp_path),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 240
