@@ -95,6 +95,9 @@ def eval_batches(data: Any, *, global_batch_size: int, resolution: int, process_
   builder = _builder(data)
   size = _num_examples(builder, data.eval_split)
   num_batches = math.ceil(size / global_batch_size)
+  eval_preprocess = data.get('eval_preprocess', 'square')
+  if eval_preprocess not in EVAL_PREPROCESSING:
+    raise DatasetError(f'unknown data.eval_preprocess {eval_preprocess!r}; expected {" or ".join(EVAL_PREPROCESSING)}')
   fetch = _random_access(builder, data, data.eval_split)
 
   # Example i of the split sits at global position i; this process reads the positions of
@@ -103,7 +106,7 @@ def eval_batches(data: Any, *, global_batch_size: int, resolution: int, process_
     step, slot = counter // local_batch_size, counter % local_batch_size
     position = step * global_batch_size + process_index * local_batch_size + slot
     encoded, label = fetch(tf.minimum(position, size - 1))
-    image = _eval_image(encoded, resolution, data.eval_crop)
+    image = _eval_image(encoded, resolution, data.eval_crop, eval_preprocess)
     return {'image': _scale(image), 'label': label, 'mask': tf.cast(position < size, tf.float32)}
 
   counters = tf.data.Dataset.range(num_batches * local_batch_size)
@@ -299,14 +302,31 @@ def _train_image(encoded: tf.Tensor, resolution: int, data: Any, seed: tf.Tensor
   return _resize(_decode_window(encoded, window), resolution)
 
 
-def _eval_image(encoded: tf.Tensor, resolution: int, crop_fraction: float) -> tf.Tensor:
-  """The central square of side `crop_fraction` of the shorter side, resized."""
+EVAL_PREPROCESSING = ('square', 'slim')
+
+
+def _eval_image(encoded: tf.Tensor, resolution: int, crop_fraction: float, mode: str = 'square') -> tf.Tensor:
+  """'square': the central square of side `crop_fraction` of the shorter side, resized with antialiasing.
+  'slim': TF-slim's evaluation (inception_preprocessing), with which the published checkpoints were scored:
+  `tf.image.central_crop` (`crop_fraction` of each side), then TF1's bilinear resize (no antialiasing, no
+  half-pixel centres) to a square, squashing the aspect ratio."""
 
   def window(shape: tf.Tensor) -> tf.Tensor:
     height, width = shape[0], shape[1]
+    if mode == 'slim':  # central_crop's arithmetic: start = int((size - size * fraction) / 2), in float64
+      top, left = (tf.cast((tf.cast(n, tf.float64) - tf.cast(n, tf.float64) * crop_fraction) / 2, tf.int32)
+                   for n in (height, width))
+      return tf.stack([top, left, height - 2 * top, width - 2 * left])
     side = tf.cast(tf.cast(tf.minimum(height, width), tf.float32) * crop_fraction, tf.int32)
     return tf.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side])
 
+  if mode == 'slim':  # the whole image decoded, then cropped: decoding only the window upsamples chroma
+    # differently along its edges (up to 10/255 here)
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    top, left, height, width = tf.unstack(window(tf.shape(image)))
+    image = tf.cast(image[top:top + height, left:left + width], tf.float32)[None]
+    return tf.raw_ops.ResizeBilinear(images=image, size=[resolution, resolution], align_corners=False,
+                                     half_pixel_centers=False)[0]
   return _resize(_decode_window(encoded, window), resolution)
 
 

@@ -216,3 +216,27 @@ def test_a_process_reading_an_array_record_build_exits_cleanly(array_record_dir)
         run.kill()
         pytest.fail('a process that had read its batches hung at exit')
       assert run.returncode == 0 and 'read' in output, output[-2000:]
+
+
+def test_slim_evaluation_is_tf_slims_central_crop_and_bilinear_squash(tmp_path):
+  # TF-slim's inception_preprocessing.preprocess_for_eval, written out with TF's own ops: to [0, 1], central_crop,
+  # TF1 bilinear resize (align_corners=False), then to [-1, 1]. Non-square images whose crop starts fall on
+  # fractions, so that a rounding or axis mix-up shows.
+  import tensorflow as tf
+
+  sizes = [(90, 70), (57, 101), (64, 64)]
+  for split in ('train', 'test'):
+    for i, size in enumerate(sizes):
+      os.makedirs(tmp_path / split / f'c{i}')
+      _write_image(str(tmp_path / split / f'c{i}' / '0.jpg'), (40 * i + 50, 120, 200 - 50 * i), size)
+  data = _data(name=input_pipeline.FOLDER, folder=str(tmp_path), cache=False, eval_preprocess='slim')
+  (batch,) = input_pipeline.eval_batches(data, global_batch_size=3, resolution=48, process_index=0, process_count=1)
+  for image, label in zip(batch['image'], batch['label'], strict=True):
+    encoded = tf.io.read_file(str(tmp_path / 'test' / f'c{label}' / '0.jpg'))
+    expected = tf.image.convert_image_dtype(tf.io.decode_jpeg(encoded, channels=3), tf.float32)
+    expected = tf.image.central_crop(expected, central_fraction=0.875)
+    expected = tf.compat.v1.image.resize_bilinear(expected[None], [48, 48], align_corners=False)[0]
+    np.testing.assert_allclose(image, (expected.numpy() - 0.5) * 2.0, atol=2e-5)
+  with pytest.raises(input_pipeline.DatasetError, match='eval_preprocess'):
+    input_pipeline.eval_batches(_data(name=input_pipeline.FOLDER, folder=str(tmp_path), eval_preprocess='tf'),
+                                global_batch_size=3, resolution=48, process_index=0, process_count=1)
