@@ -275,8 +275,10 @@ def _random_access(builder: tfds.core.DatasetBuilder, data: Any,
 # --- preprocessing --------------------------------------------------------------------
 
 
-def _decode_window(encoded: tf.Tensor, window: Callable[[tf.Tensor], tf.Tensor]) -> tf.Tensor:
-  """Decode the crop `window(shape) -> [y, x, h, w]` of an image; JPEGs decode only that window."""
+def _decode_window(encoded: tf.Tensor, window: Callable[[tf.Tensor], tf.Tensor],
+                   decode_whole: bool = False) -> tf.Tensor:
+  """Decode the crop `window(shape) -> [y, x, h, w]` of an image; JPEGs decode only that window unless
+  `decode_whole` (decoding only the window upsamples chroma differently along its edges: up to 10/255)."""
 
   def jpeg() -> tf.Tensor:
     return tf.io.decode_and_crop_jpeg(encoded, window(tf.io.extract_jpeg_shape(encoded)), channels=3)
@@ -286,7 +288,7 @@ def _decode_window(encoded: tf.Tensor, window: Callable[[tf.Tensor], tf.Tensor])
     y, x, h, w = tf.unstack(window(tf.shape(image)))
     return image[y:y + h, x:x + w]
 
-  return tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
+  return other() if decode_whole else tf.cond(tf.io.is_jpeg(encoded), jpeg, other)
 
 
 def _train_image(encoded: tf.Tensor, resolution: int, data: Any, seed: tf.Tensor) -> tf.Tensor:
@@ -320,11 +322,8 @@ def _eval_image(encoded: tf.Tensor, resolution: int, crop_fraction: float, mode:
     side = tf.cast(tf.cast(tf.minimum(height, width), tf.float32) * crop_fraction, tf.int32)
     return tf.stack([(height - side + 1) // 2, (width - side + 1) // 2, side, side])
 
-  if mode == 'slim':  # the whole image decoded, then cropped: decoding only the window upsamples chroma
-    # differently along its edges (up to 10/255 here)
-    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
-    top, left, height, width = tf.unstack(window(tf.shape(image)))
-    image = tf.cast(image[top:top + height, left:left + width], tf.float32)[None]
+  if mode == 'slim':  # slim decodes the whole image, then crops
+    image = tf.cast(_decode_window(encoded, window, decode_whole=True), tf.float32)[None]
     return tf.raw_ops.ResizeBilinear(images=image, size=[resolution, resolution], align_corners=False,
                                      half_pixel_centers=False)[0]
   return _resize(_decode_window(encoded, window), resolution)

@@ -6,9 +6,7 @@ independent run or computation (TFDS's own label files, an uninterrupted run, on
 
 import json
 import re
-import signal
 import subprocess
-import time
 
 import jax
 import mini_imagenet
@@ -19,6 +17,7 @@ from test_train import (
   checkpoint_state,
   flat,
   main_command,
+  sigkill_once_written,
   subprocess_env,
 )
 
@@ -144,15 +143,7 @@ def test_killed_and_rerun_ends_bitwise_identical_to_the_uninterrupted_run(refere
   ref_workdir, _ = reference
   workdir = tmp_path / 'run'
   command = main_command(workdir, overrides, preset=PRESET)
-  process = subprocess.Popen(command, env=env(cache_dir, devices=2), stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
-  checkpoint = workdir / 'checkpoints' / '2'
-  deadline = time.time() + 240
-  while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-    time.sleep(0.01)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  assert checkpoint.exists(), 'the run never wrote checkpoint 2'
+  sigkill_once_written(command, env(cache_dir, devices=2), workdir / 'checkpoints' / '2')
   assert not (workdir / 'results.json').exists(), 'the run finished before it was killed'
   result = subprocess.run(command, env=env(cache_dir, devices=2), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

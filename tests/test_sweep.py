@@ -3,15 +3,21 @@ finished runs, and seeds trained together against a seed trained alone."""
 
 import csv
 import json
-import signal
 import statistics
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
-from test_train import REPO, assert_identical_params, final_params, flat, main_command, subprocess_env
+from test_train import (
+  REPO,
+  assert_identical_params,
+  final_params,
+  flat,
+  main_command,
+  sigkill_once_written,
+  subprocess_env,
+)
 
 from mnet_jax import sweep
 
@@ -73,14 +79,7 @@ def test_killed_two_seed_point_resumes_exactly_and_a_rerun_skips_finished_runs(t
                                                                                 cache_dir, tmp_path):
   reference, _ = together_run
   command, env = smoke_command(tmp_path, tiny_data_dir, cache_dir), subprocess_env(cache_dir)
-  process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  checkpoint = tmp_path / 'a0.25_r48' / 'seed1' / 'checkpoints' / '4'
-  deadline = time.time() + 300
-  while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-    time.sleep(0.02)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  assert checkpoint.exists(), 'the point never wrote its first checkpoint'
+  sigkill_once_written(command, env, tmp_path / 'a0.25_r48' / 'seed1' / 'checkpoints' / '4', timeout=300)
   assert not (tmp_path / 'a0.25_r48' / 'seed0' / 'row.json').exists(), 'the point finished before it was killed'
 
   resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

@@ -119,21 +119,24 @@ def test_run_writes_results_metrics_and_counts_every_eval_example(reference_run,
 def test_resume_after_sigkill_ends_with_identical_parameters(reference_run, cache_dir, tmp_path):
   ref_workdir, overrides = reference_run
   workdir = tmp_path / 'run'
-  process = subprocess.Popen(main_command(workdir, overrides), env=subprocess_env(cache_dir),
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  checkpoint = workdir / 'checkpoints' / '4'
-  deadline = time.time() + 240
-  while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-    time.sleep(0.05)
-  process.send_signal(signal.SIGKILL)
-  process.wait()
-  assert checkpoint.exists(), 'the run never wrote its first checkpoint'
+  sigkill_once_written(main_command(workdir, overrides), subprocess_env(cache_dir), workdir / 'checkpoints' / '4')
   assert not (workdir / 'results.json').exists(), 'the run finished before it was killed'
   resumed = subprocess.run(main_command(workdir, overrides), env=subprocess_env(cache_dir),
                            capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert 'resumed from checkpoint at step' in resumed.stdout
   assert_identical_params(workdir, ref_workdir)
+
+
+def sigkill_once_written(command: list[str], env: dict, path: pathlib.Path, timeout: float = 240) -> None:
+  """Start `command` and SIGKILL it as soon as `path` exists (polled every 10 ms); assert that it was written."""
+  process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + timeout
+  while not path.exists() and process.poll() is None and time.time() < deadline:
+    time.sleep(0.01)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  assert path.exists(), f'the run never wrote {path}'
 
 
 def assert_identical_params(got_workdir, expected_workdir):
