@@ -95,9 +95,7 @@ def eval_batches(data: Any, *, global_batch_size: int, resolution: int, process_
   builder = _builder(data)
   size = _num_examples(builder, data.eval_split)
   num_batches = math.ceil(size / global_batch_size)
-  eval_preprocess = data.get('eval_preprocess', 'square')
-  if eval_preprocess not in EVAL_PREPROCESSING:
-    raise DatasetError(f'unknown data.eval_preprocess {eval_preprocess!r}; expected {" or ".join(EVAL_PREPROCESSING)}')
+  eval_preprocess = check_eval_preprocess(data)
   fetch = _random_access(builder, data, data.eval_split)
 
   # Example i of the split sits at global position i; this process reads the positions of
@@ -305,6 +303,14 @@ def _train_image(encoded: tf.Tensor, resolution: int, data: Any, seed: tf.Tensor
 
 
 EVAL_PREPROCESSING = ('square', 'slim')
+
+
+def check_eval_preprocess(data: Any) -> str:
+  """The configured evaluation preprocessing; DatasetError naming the choices if it is unknown."""
+  mode = data.get('eval_preprocess', 'square')
+  if mode not in EVAL_PREPROCESSING:
+    raise DatasetError(f'unknown data.eval_preprocess {mode!r}; expected {" or ".join(EVAL_PREPROCESSING)}')
+  return mode
 
 
 def _eval_image(encoded: tf.Tensor, resolution: int, crop_fraction: float, mode: str = 'square') -> tf.Tensor:

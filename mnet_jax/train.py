@@ -330,6 +330,7 @@ def train_seeds_together(config: ml_collections.ConfigDict, seeds: Sequence[int]
   architecture.check_resolution(config.model.resolution)
   # An unknown optimizer or schedule is bad input too: say so before the workdir is written.
   optim.create_optimizer(config.optim, {}, optim.learning_rate_schedule(config.optim, 1, 1, 1))
+  input_pipeline.check_eval_preprocess(config.data)  # else it would fail only at the first evaluation
   if config.batch_size < 1 or config.batch_size % jax.device_count():
     raise ValueError(f'batch_size {config.batch_size} is not a positive multiple of the '
                      f'{jax.device_count()} devices')

@@ -33,6 +33,7 @@ from test_train import (
     ({'batch_size': 6}, 'not a positive multiple of the 4 devices'),
     ({'data.name': 'imagenet2012'}, 'ILSVRC2012'),
     ({'optim.optimizer': 'adam'}, 'unknown optimizer'),
+    ({'data.eval_preprocess': 'tf'}, 'unknown data.eval_preprocess'),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_data_dir, tmp_path, override, message):
   workdir = tmp_path / 'run'
