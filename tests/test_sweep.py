@@ -79,7 +79,9 @@ def test_killed_two_seed_point_resumes_exactly_and_a_rerun_skips_finished_runs(t
                                                                                 cache_dir, tmp_path):
   reference, _ = together_run
   command, env = smoke_command(tmp_path, tiny_data_dir, cache_dir), subprocess_env(cache_dir)
-  sigkill_once_written(command, env, tmp_path / 'a0.25_r48' / 'seed1' / 'checkpoints' / '4', timeout=300)
+  # The seeds' checkpoints are finalised asynchronously, in either order: resume needs the step in both.
+  sigkill_once_written(command, env, *(tmp_path / 'a0.25_r48' / f'seed{seed}' / 'checkpoints' / '4' for seed in (0, 1)),
+                       timeout=300)
   assert not (tmp_path / 'a0.25_r48' / 'seed0' / 'row.json').exists(), 'the point finished before it was killed'
 
   resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)

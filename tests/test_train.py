@@ -128,15 +128,16 @@ def test_resume_after_sigkill_ends_with_identical_parameters(reference_run, cach
   assert_identical_params(workdir, ref_workdir)
 
 
-def sigkill_once_written(command: list[str], env: dict, path: pathlib.Path, timeout: float = 240) -> None:
-  """Start `command` and SIGKILL it as soon as `path` exists (polled every 10 ms); assert that it was written."""
+def sigkill_once_written(command: list[str], env: dict, *paths: pathlib.Path, timeout: float = 240) -> None:
+  """Start `command` and SIGKILL it as soon as all `paths` exist (polled every 10 ms); assert that they were written."""
   process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   deadline = time.time() + timeout
-  while not path.exists() and process.poll() is None and time.time() < deadline:
+  while not all(path.exists() for path in paths) and process.poll() is None and time.time() < deadline:
     time.sleep(0.01)
   process.send_signal(signal.SIGKILL)
   process.wait()
-  assert path.exists(), f'the run never wrote {path}'
+  for path in paths:
+    assert path.exists(), f'the run never wrote {path}'
 
 
 def assert_identical_params(got_workdir, expected_workdir):
