@@ -28,7 +28,7 @@ def mini_imagenet_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope='session')
 def cache_dir(tmp_path_factory: pytest.TempPathFactory):
-  """One JAX compilation cache for the subprocess runs of every test module."""
+  """One JAX compilation cache for the subprocess runs of every test module (one per xdist worker)."""
   return tmp_path_factory.mktemp('jax_cache')
 
 
