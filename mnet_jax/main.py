@@ -16,6 +16,8 @@ import traceback
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
+import logging as std_logging
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -56,7 +58,12 @@ def main(argv: list[str]) -> int:
     return USAGE_ERROR
   from mnet_jax import checkpointing, input_pipeline, sweep, train  # after flag parsing: keeps --help fast
 
-  logging.set_verbosity(logging.ERROR)  # library chatter (Orbax, TFDS) would drown the progress lines
+  # Library chatter (Orbax, TFDS) would drown the progress lines, and a failure ends in one line of ours: the
+  # libraries' own error logs (e.g. Orbax's background writer reporting the failure the run then ends with) and
+  # the traceback are for --verbose.
+  logging.set_verbosity(logging.ERROR if FLAGS.verbose else logging.FATAL)
+  if not FLAGS.verbose:
+    _quiet_failed_writes()
   config = FLAGS.config
   try:
     _initialize_jax(config)
@@ -84,6 +91,23 @@ def main(argv: list[str]) -> int:
     message = str(e) if isinstance(e, train.TrainingError) else f'{type(e).__name__}: {e}'
     print(f'error: {message} (rerun with --verbose for the traceback)', file=sys.stderr)
     return 1
+
+
+def _quiet_failed_writes() -> None:
+  """Keep a checkpoint write that fails partway (e.g. the disk fills) to the run's one error line.
+
+  Orbax stops its save at the first failed array and closes the save's event loop; TensorStore's other writes
+  then complete into the closed loop, each printing a 'RuntimeError: Event loop is closed' traceback, and
+  asyncio logs every failed write's future: hundreds of lines around the one that says what happened.
+  """
+  std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)
+  excepthook = sys.excepthook
+
+  def quiet_excepthook(kind, value, tb) -> None:
+    if not (kind is RuntimeError and str(value) == 'Event loop is closed'):
+      excepthook(kind, value, tb)
+
+  sys.excepthook = quiet_excepthook
 
 
 def _exit(code: int) -> None:

@@ -136,7 +136,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], seed: int | jax.A
              'finite': jnp.isfinite(loss) & jnp.isfinite(grad_norm) & params_finite}
   new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
                          opt_state=opt_state, ema_params=ema_params, ema_batch_stats=ema_batch_stats)
-  return new_state, metrics
+  # The state keeps the dtypes it was initialised with, the ones a checkpoint restores (with float64 compute under
+  # jax_enable_x64, the rate and the batch statistics would otherwise promote the optimizer state and statistics).
+  return jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, state), metrics
 
 
 def eval_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *,

@@ -10,11 +10,17 @@ import pytest
 from mnet_jax import cpu_kernels, layers
 
 
+def same_padding_before(size: int, stride: int, kernel: int = 3) -> int:
+  """TensorFlow's 'SAME' rule, written out here rather than taken from the code under test: the output has
+  ceil(size / stride) pixels, the padding that needs is split with the smaller half before."""
+  out = -(-size // stride)
+  return max((out - 1) * stride + kernel - size, 0) // 2
+
+
 def numpy_kernel_grad(x: np.ndarray, grad: np.ndarray, stride: int) -> np.ndarray:
   """sum over images and output pixels of the tap's input pixel times the output gradient, in float64."""
   _, height, width, channels = x.shape
-  top, _ = layers.same_padding(height, 3, stride)
-  left, _ = layers.same_padding(width, 3, stride)
+  top, left = same_padding_before(height, stride), same_padding_before(width, stride)
   out = np.zeros((3, 3, 1, channels))
   for i, j, o, p in itertools.product(range(3), range(3), range(grad.shape[1]), range(grad.shape[2])):
     row, col = o * stride + i - top, p * stride + j - left
@@ -32,8 +38,7 @@ def test_kernel_grad_matches_float64_loop(batch, height, width, channels, stride
   rng = np.random.default_rng(0)
   x = rng.standard_normal((batch, height, width, channels), np.float32)
   grad = rng.standard_normal((batch, -(-height // stride), -(-width // stride), channels), np.float32)
-  top, _ = layers.same_padding(height, 3, stride)
-  left, _ = layers.same_padding(width, 3, stride)
+  top, left = same_padding_before(height, stride), same_padding_before(width, stride)
   got = jax.jit(cpu_kernels.depthwise_kernel_grad, static_argnums=(2, 3, 4))(x, grad, stride, top, left)
   np.testing.assert_allclose(got, numpy_kernel_grad(x, grad, stride), rtol=1e-5, atol=1e-5)
 
@@ -43,7 +48,7 @@ def test_kernel_grad_under_vmap_gives_each_group_its_own_gradient():
   rng = np.random.default_rng(2)
   x = rng.standard_normal((3, 2, 9, 8, 4), np.float32)
   grad = rng.standard_normal((3, 2, 5, 4, 4), np.float32)
-  top, left = layers.same_padding(9, 3, 2)[0], layers.same_padding(8, 3, 2)[0]
+  top, left = same_padding_before(9, 2), same_padding_before(8, 2)
   got = jax.jit(jax.vmap(lambda a, b: cpu_kernels.depthwise_kernel_grad(a, b, 2, top, left)))(x, grad)
   assert got.shape == (3, 3, 3, 1, 4)
   for seed in range(3):
@@ -62,9 +67,9 @@ def test_layer_gradient_is_the_same_with_and_without_the_compiled_kernel(compile
   runs), against the float64 loop; the compiled pass must really be in the program when it applies."""
   monkeypatch.setattr(layers, 'compiled_kernel_grad_applies', lambda dtype: compiled)
   rng = np.random.default_rng(1)
-  x = rng.standard_normal((3, 9, 9, 8), np.float32)
+  x = rng.standard_normal((3, 8, 9, 8), np.float32)  # even height: 'SAME' pads 0 before, 1 after
   kernel = rng.standard_normal((3, 3, 1, 8), np.float32)
-  grad = rng.standard_normal((3, 5, 5, 8), np.float32)
+  grad = rng.standard_normal((3, 4, 5, 8), np.float32)
   kernel_grad = lambda k: jax.vjp(lambda k: layers.depthwise_conv_shifted(x, k, 2), k)[1](grad)[0]  # noqa: E731
   assert (cpu_kernels.TARGET in jax.jit(kernel_grad).lower(kernel).as_text()) == compiled
   np.testing.assert_allclose(jax.jit(kernel_grad)(kernel), numpy_kernel_grad(x, grad, 2), rtol=1e-5, atol=1e-5)

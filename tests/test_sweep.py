@@ -19,7 +19,7 @@ from test_train import (
   subprocess_env,
 )
 
-from mnet_jax import sweep
+from mnet_jax import cost, sweep
 
 STEPS = 8
 
@@ -58,6 +58,12 @@ def test_smoke_study_writes_run_and_point_rows_figures_and_claims(together_run):
   points = [r for r in rows if r['kind'] == 'point']
   assert [(r['name'], r['seed']) for r in runs] == [('a0.25_r48', 0), ('a0.25_r48', 1)]
   assert len(points) == 1 and points[0]['n'] == 2 and points[0]['status'] == 'done'
+  # Exactly the cost of α 0.25 at 48 px with the tiny dataset's 16 classes (the cost model is tested against the
+  # paper's tables): a row builder with the wrong class count or min_depth would write another number.
+  expected = cost.model_cost(0.25, 48, 'separable', num_classes=16, min_depth=8)
+  for row in [*runs, *points, *(json.loads((workdir / 'a0.25_r48' / f'seed{s}' / 'results.json').read_text())
+                                for s in (0, 1))]:
+    assert (row['mult_adds'], row['params']) == (expected.mult_adds, expected.params)
   # The aggregate, recomputed independently from the run rows (Student t, 1 degree of freedom: 12.706).
   top1 = [r['top1'] for r in runs]
   assert points[0]['top1'] == pytest.approx(statistics.mean(top1))
