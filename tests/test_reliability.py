@@ -28,6 +28,8 @@ from test_train import (
   tiny_overrides,
 )
 
+from mnet_jax import cost
+
 
 @pytest.mark.parametrize('override, message', [
     ({'model.alpha': 0.0}, 'alpha'),
@@ -139,6 +141,17 @@ def test_ctrl_c_saves_the_current_step_and_exits_in_one_line(tiny_data_dir, cach
     step = int(re.search(r'checkpoint saved at step (\d+)', stderr).group(1))
     assert [int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit()] == [step]
     assert step > 0
+
+
+def test_ctrl_c_in_a_sweep_stops_the_sweep_not_only_the_point(tiny_data_dir, cache_dir, tmp_path):
+  workdir = tmp_path / 'sweep'
+  command = hooked(sweep_command(workdir, tiny_data_dir, cache_dir), hooks.signalled(5, 'SIGINT'))
+  result = subprocess.run(command, env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 130, result.stderr[-2000:]
+  ours = [line for line in result.stderr.splitlines() if line.startswith(('interrupted:', 'error:'))]
+  assert len(ours) == 1 and ours[0].startswith('interrupted:') and 'Traceback' not in result.stderr, result.stderr
+  assert checkpoint_steps(workdir / 'a0.25_r48' / 'seed0') == [4, 5]  # the step it arrived at, saved
+  assert not (workdir / 'a0.25_r40').exists() and not (workdir / 'a0.25_r32').exists()  # no next point
 
 
 def test_corrupt_newest_checkpoint_falls_back_to_previous(reference_run, cache_dir, tmp_path):
@@ -324,6 +337,8 @@ def test_sweep_carries_on_past_a_failing_point_and_reruns_only_the_failed_and_th
   assert [r['status'] for r in rows] == [r['status'] for r in csv_rows] == ['done', 'failed', 'done']
   assert {k: v for k, v in rows[0].items() if k in finished} == finished  # not redone
   assert 'different config' in rows[1]['error'] and rows[2]['error'] is None
+  # The failed run's row has no results.json to take its cost from: the row builder's own, for 16 classes.
+  assert rows[1]['mult_adds'] == cost.model_cost(0.25, 40, 'separable', num_classes=16, min_depth=8).mult_adds
 
 
 HEARTBEAT_TIMEOUT_S = 10  # --heartbeat_timeout for the two-process fault tests (JAX's default is 100 s)
