@@ -101,13 +101,14 @@ def _quiet_failed_writes() -> None:
   asyncio logs every failed write's future: hundreds of lines around the one that says what happened.
   """
   std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)
-  excepthook = sys.excepthook
+  unraisablehook = sys.unraisablehook
 
-  def quiet_excepthook(kind, value, tb) -> None:
-    if not (kind is RuntimeError and str(value) == 'Event loop is closed'):
-      excepthook(kind, value, tb)
+  def quiet_unraisablehook(unraisable) -> None:  # TensorStore reports each callback's failure as unraisable
+    value = unraisable.exc_value
+    if not (type(value) is RuntimeError and str(value) == 'Event loop is closed'):
+      unraisablehook(unraisable)
 
-  sys.excepthook = quiet_excepthook
+  sys.unraisablehook = quiet_unraisablehook
 
 
 def _exit(code: int) -> None:

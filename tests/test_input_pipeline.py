@@ -205,7 +205,7 @@ def test_a_process_reading_an_array_record_build_exits_cleanly(array_record_dir)
   # aborted (exit 134) or hung, in 7 of 20 such runs on this machine (in none of 20 since the iterators are closed
   # at exit).
   env = dict(os.environ, PYTHONPATH=str(REPO))
-  for _ in range(2):  # 2 at a time, as many as the cores
+  for _ in range(5):  # 10 runs, 2 at a time (as many as the cores)
     data = repr(_data(data_dir=array_record_dir, cache=False).to_dict())
     runs = [subprocess.Popen([sys.executable, '-c', READ_THEN_EXIT, data], env=env, cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
