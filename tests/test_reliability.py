@@ -23,6 +23,7 @@ from test_train import (
   assert_identical_params,
   final_params,
   flat,
+  killed_when_held,
   main_command,
   subprocess_env,
   tiny_overrides,
@@ -262,17 +263,9 @@ def metric_lines(workdir) -> list[dict]:
           for line in (workdir / 'metrics.jsonl').read_text().splitlines()]
 
 
-def killed_when_held(command: list[str], env: dict, where: str, marker, timeout: float = 300) -> str:
+def held_and_killed(command: list[str], env: dict, where: str, marker) -> str:
   """Run `command` (an mnet_jax.main command line) held at `where` (`hooks.held`), SIGKILL it there; its output."""
-  process = subprocess.Popen(hooked(command, hooks.held(where, marker)), env=env,
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-  deadline = time.time() + timeout
-  while not marker.exists() and process.poll() is None and time.time() < deadline:
-    time.sleep(0.02)
-  process.kill()
-  output = process.communicate()[0]
-  assert marker.exists(), f'the run never reached {where}: ' + output[-3000:]
-  return output
+  return killed_when_held([hooked(command, hooks.held(where, marker))], env, marker)[0]
 
 
 def test_sigkill_during_a_checkpoint_write_and_an_eval_then_rerun_ends_bitwise_identical(reference_run, cache_dir,
@@ -281,12 +274,12 @@ def test_sigkill_during_a_checkpoint_write_and_an_eval_then_rerun_ends_bitwise_i
   overrides = dict(ref_overrides, eval_every_steps=8)  # evaluating changes no state: same parameters expected
   workdir, env = tmp_path / 'run', subprocess_env(cache_dir)
   # 1. Killed when checkpoint 8 is fully written but not yet committed (renamed into place).
-  killed_when_held(main_command(workdir, overrides), env, f'before:{workdir / "checkpoints" / "8"}',
+  held_and_killed(main_command(workdir, overrides), env, f'before:{workdir / "checkpoints" / "8"}',
                    tmp_path / 'held_1')
   assert checkpoint_steps(workdir) == [4]
   assert list((workdir / 'checkpoints').glob('8.orbax-checkpoint-tmp*')), 'no half-committed checkpoint 8 left'
   # 2. The rerun resumes from 4, never from the uncommitted 8, and is killed evaluating at step 8.
-  output = killed_when_held(main_command(workdir, overrides), env, 'eval', tmp_path / 'held_2')
+  output = held_and_killed(main_command(workdir, overrides), env, 'eval', tmp_path / 'held_2')
   assert 'resumed from checkpoint at step 4' in output and '[train] step 8/' in output, output[-3000:]
   assert checkpoint_steps(workdir) == [4]
   # 3. The last rerun finishes like the run that was never interrupted.
@@ -319,7 +312,7 @@ def test_sweep_carries_on_past_a_failing_point_and_reruns_only_the_failed_and_th
   # 1. The first point finishes, the second fails, the third runs anyway and is killed once its first checkpoint
   # is committed (held there: it cannot finish first).
   checkpoint = workdir / 'a0.25_r32' / 'seed0' / 'checkpoints' / '4'
-  output = killed_when_held(command, env, f'after:{checkpoint}', tmp_path / 'held')
+  output = held_and_killed(command, env, f'after:{checkpoint}', tmp_path / 'held')
   assert checkpoint.exists()
   assert '[sweep] a0.25_r40 seed 0 FAILED' in output and 'different config' in output
   assert not (workdir / 'a0.25_r32' / 'seed0' / 'row.json').exists()

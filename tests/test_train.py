@@ -161,6 +161,21 @@ def sigkill_once_written(command: list[str], env: dict, *paths: pathlib.Path, ti
     assert path.exists(), f'the run never wrote {path}'
 
 
+def killed_when_held(commands: list[list[str]], env: dict, marker: pathlib.Path, timeout: float = 300) -> list[str]:
+  """Start `commands` (one per process; one of them holds at a `hooks.held` point that touches `marker`), SIGKILL
+  them all once it holds; their outputs."""
+  processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for command in commands]
+  deadline = time.time() + timeout
+  while not marker.exists() and all(p.poll() is None for p in processes) and time.time() < deadline:
+    time.sleep(0.02)
+  for process in processes:
+    process.kill()
+  outputs = [process.communicate()[0] for process in processes]
+  assert marker.exists(), 'the run never reached its hold point: ' + ''.join(o[-3000:] for o in outputs)
+  return outputs
+
+
 def assert_identical_params(got_workdir, expected_workdir):
   """Bitwise equal final parameters (on CPU a resumed run must reproduce the uninterrupted one exactly)."""
   expected, got = flat(final_params(expected_workdir)), flat(final_params(got_workdir))
@@ -193,25 +208,16 @@ def test_two_processes_killed_and_rerun_match_one_process(device_reference, cach
   ref_workdir, overrides = device_reference
   workdir, writes_log, env = tmp_path / 'run', tmp_path / 'process_1_writes.txt', subprocess_env(cache_dir, 2, True)
 
-  def start(*process_hooks):
+  def commands(*process_hooks) -> list[list[str]]:
     port = _free_port()
-    commands = [hooked(main_command(workdir, overrides, f'--coordinator_address=localhost:{port}',
-                                    '--num_processes=2', f'--process_id={i}'), *process_hooks[i])
-                for i in range(2)]
-    return [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            for command in commands]
+    return [hooked(main_command(workdir, overrides, f'--coordinator_address=localhost:{port}', '--num_processes=2',
+                                f'--process_id={i}'), *process_hooks[i]) for i in range(2)]
 
   held = tmp_path / 'held'
-  processes = start([hooks.held(f'after:{workdir / "checkpoints" / "4"}', held)], [hooks.writes_logged(writes_log)])
-  deadline = time.time() + 300
-  while not held.exists() and all(p.poll() is None for p in processes) and time.time() < deadline:
-    time.sleep(0.02)
-  for process in processes:
-    process.kill()
-  outputs = [p.communicate()[0] for p in processes]
-  assert held.exists(), outputs[0][-3000:] + outputs[1][-3000:]
-
-  processes = start([hooks.allgathers_counted()], [hooks.writes_logged(writes_log)])
+  killed_when_held(commands([hooks.held(f'after:{workdir / "checkpoints" / "4"}', held)],
+                            [hooks.writes_logged(writes_log)]), env, held)
+  processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for command in commands([hooks.allgathers_counted()], [hooks.writes_logged(writes_log)])]
   outputs = [p.communicate(timeout=400)[0] for p in processes]
   assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   assert '4 device(s), 2 process(es)' in outputs[0] and 'resumed from checkpoint at step 4' in outputs[0]
