@@ -9,6 +9,9 @@ Augmentation draws from stateless random ops keyed by the example's global posit
 Evaluation reads example i of its split at global position i, each process only its own.
 Both need random access to the split: it is held in memory (encoded) when `cache` is set
 or for a folder of images, and read through `tfds.data_source` (ArrayRecord) otherwise.
+Batches read through a data source carry uint8 images (a quarter of float32's bytes to send
+to the devices), which the train and eval steps scale with `normalize`; batches from memory
+carry images already scaled to [-1, 1].
 """
 
 from __future__ import annotations
@@ -76,7 +79,8 @@ def train_batches(data: Any, *, global_batch_size: int, resolution: int, seed: i
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(tf.stack([seed, position]), 2))
     if preprocessed is None:
       encoded, label = fetch(index)
-      image = _scale(_train_image(encoded, resolution, data, crop_seed))
+      image = _train_image(encoded, resolution, data, crop_seed)
+      image = _scale(image) if _held_in_memory(data) else _uint8(image)
     else:
       image, label = tf.gather(preprocessed[0], index), tf.gather(preprocessed[1], index)
     image = tf.image.stateless_random_flip_left_right(image, flip_seed) if data.flip else image
@@ -105,7 +109,8 @@ def eval_batches(data: Any, *, global_batch_size: int, resolution: int, process_
     position = step * global_batch_size + process_index * local_batch_size + slot
     encoded, label = fetch(tf.minimum(position, size - 1))
     image = _eval_image(encoded, resolution, data.eval_crop, eval_preprocess)
-    return {'image': _scale(image), 'label': label, 'mask': tf.cast(position < size, tf.float32)}
+    image = _scale(image) if _held_in_memory(data) else _uint8(image)
+    return {'image': image, 'label': label, 'mask': tf.cast(position < size, tf.float32)}
 
   counters = tf.data.Dataset.range(num_batches * local_batch_size)
   dataset = counters.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
@@ -162,7 +167,12 @@ def _num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
 
 
 def _encoded_stream(builder: tfds.core.DatasetBuilder, split: str) -> tf.data.Dataset:
-  """The split's examples, images still encoded, in a fixed order."""
+  """The split's examples, images still encoded, in a fixed order (the order of its data source)."""
+  if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:  # `as_dataset` cannot read these
+    source = builder.as_data_source(split=split, decoders=_SKIP_DECODING)
+    signature = {'image': tf.TensorSpec([], tf.string), 'label': tf.TensorSpec([], tf.int64)}
+    examples = lambda: ({'image': e['image'], 'label': e['label']} for e in source)  # noqa: E731
+    return tf.data.Dataset.from_generator(examples, output_signature=signature)
   read_config = tfds.ReadConfig(try_autocache=False)  # callers cache what they need themselves
   return builder.as_dataset(split=split, shuffle_files=False, decoders=_SKIP_DECODING, read_config=read_config)
 
@@ -341,9 +351,18 @@ def _resize(image: tf.Tensor, resolution: int) -> tf.Tensor:
   return tf.image.resize(image, (resolution, resolution), method='bilinear', antialias=True)
 
 
+def normalize(image: Any) -> Any:
+  """Pixel values [0, 255] -> the model's input range [-1, 1]; TF tensors here, JAX arrays on the device."""
+  return image / 127.5 - 1.0
+
+
 def _scale(image: tf.Tensor) -> tf.Tensor:
-  """[0, 255] -> [-1, 1]."""
-  return tf.clip_by_value(image / 127.5 - 1.0, -1.0, 1.0)
+  # The clip: an antialiased resize overshoots [0, 255] at sharp edges.
+  return tf.clip_by_value(normalize(image), -1.0, 1.0)
+
+
+def _uint8(image: tf.Tensor) -> tf.Tensor:
+  return tf.cast(tf.round(tf.clip_by_value(image, 0.0, 255.0)), tf.uint8)
 
 
 # --- plumbing -------------------------------------------------------------------------

@@ -104,6 +104,11 @@ def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
   return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
 
 
+def model_input(images: jax.Array) -> jax.Array:
+  """The batch's images in [-1, 1]: uint8 batches (read through a data source) are scaled here, on the device."""
+  return input_pipeline.normalize(images.astype(jnp.float32)) if images.dtype == jnp.uint8 else images
+
+
 def train_step(state: TrainState, batch: dict[str, jax.Array], seed: int | jax.Array, *, model: MobileNetV1,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                label_smoothing: float, ema_decay: float) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -115,7 +120,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], seed: int | jax.A
 
   def loss_fn(params):
     logits, updates = model.apply(
-        {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
+        {'params': params, 'batch_stats': state.batch_stats}, model_input(batch['image']), train=True,
         mutable=['batch_stats'], rngs={'dropout': dropout_rng})
     return cross_entropy(logits, batch['label'], label_smoothing), (logits, updates['batch_stats'])
 
@@ -144,7 +149,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], seed: int | jax.A
 def eval_step(params: Any, batch_stats: Any, batch: dict[str, jax.Array], *,
               model: MobileNetV1) -> dict[str, jax.Array]:
   """Masked sums of top-1/top-5 hits over one (padded) eval batch (top-k of all classes when fewer than 5)."""
-  logits = model.apply({'params': params, 'batch_stats': batch_stats}, batch['image'], train=False)
+  logits = model.apply({'params': params, 'batch_stats': batch_stats}, model_input(batch['image']), train=False)
   top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
   hits = top5 == batch['label'][:, None]
   mask = batch['mask']

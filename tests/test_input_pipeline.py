@@ -185,6 +185,28 @@ def test_uncached_array_record_build_trains_and_evaluates(array_record_dir):
   assert sorted(labels) == sorted(expected) and len(labels) == 100
 
 
+def test_data_source_batches_are_uint8_that_scale_to_the_in_memory_batches(array_record_dir):
+  # Read through the data source, images cross to the devices as uint8 (a quarter of the bytes) and are scaled
+  # there; the same crops read from memory arrive as float32 in [-1, 1]. Both must be the same images, up to
+  # the rounding to whole pixel values (half a level: 0.5 / 127.5).
+  import jax.numpy as jnp
+
+  from mnet_jax.train import model_input
+
+  from_source, from_memory = _data(data_dir=array_record_dir, cache=False), _data(data_dir=array_record_dir)
+  pairs = [(_train(from_source, 2, process_index=0, process_count=1)[1],
+            _train(from_memory, 2, process_index=0, process_count=1)[1])]
+  pairs += [tuple(next(input_pipeline.eval_batches(data, global_batch_size=32, resolution=40, process_index=1,
+                                                   process_count=2)) for data in (from_source, from_memory))]
+  for uint8, scaled in pairs:
+    assert uint8['image'].dtype == np.uint8 and scaled['image'].dtype == np.float32
+    np.testing.assert_array_equal(uint8['label'], scaled['label'])
+    on_device = np.asarray(model_input(jnp.asarray(uint8['image'])))
+    assert on_device.dtype == np.float32
+    np.testing.assert_allclose(on_device, scaled['image'], rtol=0, atol=0.5 / 127.5 + 1e-6)
+    assert np.mean(np.abs(on_device - scaled['image'])) > 1e-4  # the rounding happened: not the float path
+
+
 # Reads 45 training batches of an ArrayRecord build by index, as the ImageNet preset does, then exits with the
 # pipeline still prefetching: the reader calls into Python for every example.
 READ_THEN_EXIT = """
