@@ -68,26 +68,29 @@ def train_batches(data: Any, *, global_batch_size: int, resolution: int, seed: i
   builder = _builder(data)
   size = _num_examples(builder, data.train_split)
   preprocessed = _preprocessed_in_memory(builder, data, resolution) if _crop_is_whole_image(data) else None
-  fetch = _random_access(builder, data, data.train_split) if preprocessed is None else None
+  if preprocessed is None:
+    fetch = _random_access(builder, data, data.train_split)
+  else:
+    fetch = lambda index: (tf.gather(preprocessed[0], index), tf.gather(preprocessed[1], index))  # noqa: E731
   seed = tf.constant(seed, tf.int64)
 
-  def load(counter: tf.Tensor) -> dict[str, tf.Tensor]:
+  def locate(counter: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     step, slot = counter // local_batch_size, counter % local_batch_size
     position = step * global_batch_size + process_index * local_batch_size + slot
     epoch = position // size
-    index = tf.random.experimental.index_shuffle(position % size, tf.stack([seed, epoch]), size - 1)
+    return position, tf.random.experimental.index_shuffle(position % size, tf.stack([seed, epoch]), size - 1)
+
+  def load(position: tf.Tensor, image: tf.Tensor, label: tf.Tensor) -> dict[str, tf.Tensor]:
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(tf.stack([seed, position]), 2))
-    if preprocessed is None:
-      encoded, label = fetch(index)
-      image = _train_image(encoded, resolution, data, crop_seed)
+    if preprocessed is None:  # `image` is still encoded
+      image = _train_image(image, resolution, data, crop_seed)
       image = _scale(image) if _held_in_memory(data) else _uint8(image)
-    else:
-      image, label = tf.gather(preprocessed[0], index), tf.gather(preprocessed[1], index)
     image = tf.image.stateless_random_flip_left_right(image, flip_seed) if data.flip else image
     return {'image': image, 'label': label}
 
   counters = tf.data.Dataset.range(start_step * local_batch_size, np.iinfo(np.int64).max)
-  dataset = counters.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
+  examples = _fetched(counters.map(locate, num_parallel_calls=_AUTOTUNE, deterministic=True), fetch)
+  dataset = examples.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
   return _numpy(dataset.batch(local_batch_size, drop_remainder=True))
 
 
@@ -104,16 +107,19 @@ def eval_batches(data: Any, *, global_batch_size: int, resolution: int, process_
 
   # Example i of the split sits at global position i; this process reads the positions of
   # its slices, past the end of the split reads a masked copy of the last example.
-  def load(counter: tf.Tensor) -> dict[str, tf.Tensor]:
+  def locate(counter: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     step, slot = counter // local_batch_size, counter % local_batch_size
     position = step * global_batch_size + process_index * local_batch_size + slot
-    encoded, label = fetch(tf.minimum(position, size - 1))
+    return position, tf.minimum(position, size - 1)
+
+  def load(position: tf.Tensor, encoded: tf.Tensor, label: tf.Tensor) -> dict[str, tf.Tensor]:
     image = _eval_image(encoded, resolution, data.eval_crop, eval_preprocess)
     image = _scale(image) if _held_in_memory(data) else _uint8(image)
     return {'image': image, 'label': label, 'mask': tf.cast(position < size, tf.float32)}
 
   counters = tf.data.Dataset.range(num_batches * local_batch_size)
-  dataset = counters.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
+  examples = _fetched(counters.map(locate, num_parallel_calls=_AUTOTUNE, deterministic=True), fetch)
+  dataset = examples.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
   return _numpy(dataset.batch(local_batch_size))
 
 
@@ -255,27 +261,42 @@ def _decoded_in_memory(builder: tfds.core.DatasetBuilder, data: Any, encoded: np
   return _DECODED[key]
 
 
+_READ_CHUNK = 64  # examples fetched per call of the reader
+
+
+def _fetched(locations: tf.data.Dataset, fetch: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]) -> tf.data.Dataset:
+  """(position, index) elements -> (position, image, label), fetched for _READ_CHUNK indices at a time."""
+  chunks = locations.batch(_READ_CHUNK).map(lambda position, index: (position, *fetch(index)),
+                                            num_parallel_calls=_AUTOTUNE, deterministic=True)
+  return chunks.unbatch()
+
+
 def _random_access(builder: tfds.core.DatasetBuilder, data: Any,
                    split: str) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
-  """A tf function from example index to (encoded image, int32 label)."""
+  """A tf function from a vector of example indices to their (encoded images, int32 labels)."""
   if _held_in_memory(data):
     images, labels = _encoded_in_memory(builder, data, split)
     images, labels = tf.constant(images, tf.string), tf.constant(labels)
-    return lambda index: (tf.gather(images, index), tf.gather(labels, index))
+    return lambda indices: (tf.gather(images, indices), tf.gather(labels, indices))
   try:
     source = builder.as_data_source(split=split, decoders=_SKIP_DECODING)
   except NotImplementedError as error:  # e.g. TFRecord files
     raise DatasetError(f'{data.name} ({builder.info.file_format.value} files) has no random access: set '
                        f'data.cache=True if its {split} split fits in memory, or rebuild it as ArrayRecord in '
                        f'another data dir: `{_prepare_command(data.name, "DIR")}`') from error
+  # One Python call reads a chunk of serialized records, which TF's parser then takes apart outside the GIL.
+  # Reading through the TFDS source, one example per call (Python deserialisation), held the GIL for most of
+  # the work: a process topped out at ~4,300 examples/s on any number of threads (BENCHMARKS.md).
+  records = source.data_source
+  features = {'image': tf.io.FixedLenFeature([], tf.string), 'label': tf.io.FixedLenFeature([], tf.int64)}
 
-  def read(index: tf.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    example = source[int(index)]
-    return np.asarray(example['image'], dtype=object), np.asarray(example['label'], np.int32)
+  def read(indices: np.ndarray) -> np.ndarray:
+    return np.array([records[int(index)] for index in indices], dtype=object)
 
-  def fetch(index: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    encoded, label = tf.numpy_function(read, [index], (tf.string, tf.int32), stateful=False)
-    return tf.ensure_shape(encoded, []), tf.ensure_shape(label, [])
+  def fetch(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    serialized = tf.ensure_shape(tf.numpy_function(read, [indices], tf.string, stateful=False), indices.shape)
+    examples = tf.io.parse_example(serialized, features)
+    return examples['image'], tf.cast(examples['label'], tf.int32)
 
   return fetch
 
