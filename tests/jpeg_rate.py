@@ -1,5 +1,6 @@
 """The imagenet2012 preset's JPEG input pipeline at 224 px (its training augmentation, uncached ArrayRecord reads)
-on 320 ImageNet-sized JPEGs that TFDS's real imagenet2012 builder prepared:
+on 320 ImageNet-sized JPEGs that TFDS's real imagenet2012 builder prepared, and its reader alone (fetching
+encoded examples by index, no decoding):
 
   python tests/jpeg_rate.py [BUILD_DIR]
 """
@@ -31,6 +32,22 @@ def photo_like(rng: np.random.Generator, index: int) -> bytes:
   return out.getvalue()
 
 
+def reader_rate(data, reads: int = 30_000) -> float:
+  """Examples/s of the pipeline's random-access fetch alone, at random indices, in batches of 64."""
+  import tensorflow as tf
+
+  builder = input_pipeline._builder(data)  # noqa: SLF001 - the reader is what is measured
+  fetch = input_pipeline._random_access(builder, data, data.train_split)  # noqa: SLF001
+  indices = np.random.default_rng(0).integers(0, builder.info.splits[data.train_split].num_examples, reads)
+  locations = tf.data.Dataset.from_tensor_slices(indices).map(lambda index: (index, index))
+  examples = input_pipeline._fetched(locations, fetch).batch(64).prefetch(4)  # noqa: SLF001
+  iterator = iter(examples)
+  next(iterator)
+  start = time.perf_counter()
+  count = 64 + sum(len(position) for position, _, _ in iterator)
+  return count / (time.perf_counter() - start)
+
+
 def main() -> None:
   root = sys.argv[1] if len(sys.argv) > 1 else '/tmp/jpeg_rate_build'
   if not os.path.exists(f'{root}/tfds'):
@@ -38,6 +55,7 @@ def main() -> None:
   config = sibling(os.path.join(REPO, 'experiments', 'default.py'), 'default').get_config('imagenet2012')
   config.data.data_dir = f'{root}/tfds'
   batch = 64
+  print(f'reader alone: {reader_rate(config.data):.0f} examples/s')
   batches = input_pipeline.train_batches(config.data, global_batch_size=batch, resolution=224, seed=0,
                                          process_index=0, process_count=1)
   for _ in range(5):  # warm-up
