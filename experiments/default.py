@@ -50,7 +50,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.flip = True
   config.data.eval_crop = 0.875
   config.data.eval_preprocess = 'square'  # or 'slim': TF-slim's central_crop + bilinear squash (published scores)
-  config.data.shuffle_buffer = 16_384 if imagenet else 4096
   config.data.cache = not imagenet
 
   config.optim = ml_collections.ConfigDict()

@@ -21,7 +21,7 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 def _data(**overrides) -> ml_collections.ConfigDict:
   data = ml_collections.ConfigDict(dict(
       name=datasets.TINY_DATASET, folder=None, data_dir=None, train_split='train', eval_split='test',
-      min_area=0.35, aspect_range=(3 / 4, 4 / 3), flip=True, eval_crop=0.875, shuffle_buffer=1000, cache=True))
+      min_area=0.35, aspect_range=(3 / 4, 4 / 3), flip=True, eval_crop=0.875, cache=True))
   data.update(overrides)
   return data
 

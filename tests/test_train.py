@@ -33,7 +33,7 @@ STEPS = 24
 def tiny_overrides(data_dir, **extra) -> dict:
   """A few steps of the smallest MobileNet on the tiny embedded dataset."""
   overrides = {
-      'data.name': TINY_DATASET, 'data.data_dir': str(data_dir), 'data.shuffle_buffer': 512,
+      'data.name': TINY_DATASET, 'data.data_dir': str(data_dir),
       'model.alpha': 0.25, 'model.resolution': 32, 'batch_size': 16, 'num_train_steps': STEPS,
       'checkpoint_every_steps': 4, 'log_every_steps': 4, 'optim.warmup_epochs': 0.0,
   }
