@@ -56,7 +56,7 @@ def main(argv: list[str]) -> int:
   if len(argv) > 1:
     print(f'error: unexpected arguments {" ".join(argv[1:])}', file=sys.stderr)
     return USAGE_ERROR
-  from mnet_jax import checkpointing, input_pipeline, sweep, train  # after flag parsing: keeps --help fast
+  from mnet_jax import checkpointing, input_pipeline, preemption, sweep, train  # after flag parsing: keeps --help fast
 
   # Library chatter (Orbax, TFDS) would drown the progress lines, and a failure ends in one line of ours: the
   # libraries' own error logs (e.g. Orbax's background writer reporting the failure the run then ends with) and
@@ -71,10 +71,10 @@ def main(argv: list[str]) -> int:
       return sweep.run_sweep(config, FLAGS.workdir)
     train.train_and_evaluate(config, FLAGS.workdir)
     return 0
-  except train.Interrupted as e:
+  except preemption.Interrupted as e:
     print(f'interrupted: {e}', file=sys.stderr)
     return 130  # 128 + SIGINT, as a shell reports Ctrl-C
-  except train.Preempted as e:
+  except preemption.Preempted as e:
     print(f'preempted: {e}', file=sys.stderr)
     return 143  # 128 + SIGTERM: the job did not finish, rerunning resumes it
   except KeyboardInterrupt:  # Ctrl-C outside the training loop (e.g. while evaluating)

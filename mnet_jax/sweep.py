@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from mnet_jax import architecture, claims, cost, input_pipeline, plot, report, train
+from mnet_jax import architecture, claims, cost, input_pipeline, plot, preemption, report, train
 from mnet_jax.fileio import atomic_write_json, read_json, run_path
 
 _NAME = re.compile(r'(?:(?P<variant>[a-z]+)_)?a(?P<alpha>[0-9.]+)_r(?P<resolution>[0-9]+)')
@@ -156,7 +156,7 @@ def _train_runs(run: ml_collections.ConfigDict, seeds: list[int], dirs: list[epa
   each is retried alone (resuming its checkpoints), so one diverging seed does not sink the others."""
   try:
     return dict(zip(seeds, train.train_seeds_together(run, seeds, [str(d) for d in dirs]), strict=True))
-  except train.Preempted:
+  except preemption.Preempted:
     raise
   except Exception as e:  # noqa: BLE001 - one failing point must not stop the study
     if len(seeds) == 1:

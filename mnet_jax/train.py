@@ -12,8 +12,6 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
-import signal
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -33,6 +31,7 @@ from mnet_jax import architecture, checkpointing, cost, input_pipeline, optim
 from mnet_jax.fileio import atomic_write_json, is_remote, read_json, run_path
 from mnet_jax.metric_writer import MetricWriter
 from mnet_jax.models import MobileNetV1
+from mnet_jax.preemption import Preempted, PreemptionFlag, any_process
 
 
 class NonFiniteLossError(RuntimeError):
@@ -213,53 +212,6 @@ def _flat_diff(a: Any, b: Any, prefix: str = '') -> list[str]:
   if isinstance(a, dict) and isinstance(b, dict):
     return [d for k in set(a) | set(b) for d in _flat_diff(a.get(k), b.get(k), f'{prefix}{k}.')]
   return [] if a == b else [prefix.rstrip('.')]
-
-
-class _Preemption:
-  """Turns SIGTERM (what a preempted TPU VM gets) and a first Ctrl-C into a flag the loop checks between
-  steps (the run then saves its current step and stops); a second Ctrl-C stops at once."""
-
-  def __init__(self):
-    self.requested: str | None = None  # the signal's name
-
-  def __enter__(self):
-    self._previous = {s: signal.signal(s, self._handle) for s in (signal.SIGTERM, signal.SIGINT)}
-    return self
-
-  def _handle(self, signum, frame):
-    if signum == signal.SIGINT and self.requested == 'SIGINT':
-      # Not KeyboardInterrupt: raised wherever the interpreter is (a gc callback, a writer thread's join), it
-      # can be swallowed with a traceback. The newest complete checkpoint stays; a half-written one is
-      # cleared at the next start.
-      print('interrupted: stopped at once (second Ctrl-C); rerun the same command to resume from the last '
-            'checkpoint', file=sys.stderr, flush=True)
-      os._exit(130)
-    self.requested = signal.Signals(signum).name
-
-  def __exit__(self, *exc):
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
-
-  def stop_error(self, step: int) -> Preempted:
-    if self.requested == 'SIGINT':
-      return Interrupted(f'Ctrl-C: checkpoint saved at step {step}; rerun the same command to resume')
-    return Preempted(f'SIGTERM received: checkpoint saved at step {step}; rerun the same command to resume')
-
-
-class Preempted(Exception):
-  """Raised after a checkpoint was saved in response to SIGTERM."""
-
-
-class Interrupted(Preempted):
-  """Raised after a checkpoint was saved in response to Ctrl-C (SIGINT)."""
-
-
-def any_process(flag: bool) -> bool:
-  """True on every process if `flag` is true on any (all hosts must stop at the same step)."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils
-  return bool(np.any(multihost_utils.process_allgather(np.array([flag]))))
 
 
 def prepared_dataset_info(data: ml_collections.ConfigDict) -> input_pipeline.DatasetInfo:
@@ -487,7 +439,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
   state_bytes = sum(x.nbytes for x in jax.tree.leaves(state))
   step, first_step_s = start_step, 0.0
   try:
-    with _Preemption() as preemption:
+    with PreemptionFlag() as preemption:
       while step < total_steps:
         state, metrics = runs.step_fn(state, next(batches))
         step += 1

@@ -29,7 +29,7 @@ sys.addaudithook(_audit)
 
 
 def allgathers_counted() -> str:
-  """Counts the cross-process allgathers `train.any_process` makes (each waits until every process has finished
+  """Counts the cross-process allgathers `preemption.any_process` makes (each waits until every process has finished
   its pending steps) and prints 'process_allgather calls: N' at exit. Orbax's own barriers are not counted."""
   return '''
 import atexit, sys
