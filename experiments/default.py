@@ -76,7 +76,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.batch_size = 1024 if imagenet else 64  # global, over all devices and hosts
   config.num_epochs = 120.0 if imagenet else 4.0
-  config.num_train_steps = -1  # > 0 overrides num_epochs
+  config.num_train_steps = -1  # >= 0 overrides num_epochs; 0 only evaluates (e.g. init_from's weights)
+  # Start from trained weights: a converted checkpoint (python -m mnet_jax.convert) or a run dir; the optimizer
+  # starts fresh, and a classifier of another class count is replaced. A run that has checkpoints resumes instead.
+  config.init_from = ''
   config.log_every_steps = 100 if imagenet else 20
   config.eval_every_steps = 5000 if imagenet else 0  # 0: evaluate at the end only
   config.checkpoint_every_steps = 2000 if imagenet else 100

@@ -13,6 +13,7 @@ import numbers
 
 VARIANTS = ('separable', 'conv', 'shallow')
 MIN_RESOLUTION = 32
+CLASSIFIER_NAME = 'classifier'  # the fully connected layer's name (its Flax module)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,5 +120,5 @@ def layers(
       result.append(Layer(f'block{index}_pointwise', 'pointwise', 1,
                           channels, out_channels, out_size, out_size))
     size, channels = out_size, out_channels
-  result.append(Layer('classifier', 'fc', 1, channels, num_classes, 1, 1))
+  result.append(Layer(CLASSIFIER_NAME, 'fc', 1, channels, num_classes, 1, 1))
   return result

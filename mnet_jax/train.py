@@ -27,7 +27,7 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mnet_jax import architecture, checkpointing, cost, input_pipeline, optim
+from mnet_jax import architecture, checkpointing, cost, input_pipeline, optim, warm_start
 from mnet_jax.fileio import atomic_write_json, is_remote, read_json, run_path
 from mnet_jax.metric_writer import MetricWriter
 from mnet_jax.models import MobileNetV1
@@ -93,6 +93,15 @@ def init_state(model: MobileNetV1, tx: optax.GradientTransformation, seed: int |
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                     opt_state=tx.init(params), ema_params=params if use_ema else {},
                     ema_batch_stats=batch_stats if use_ema else {})
+
+
+def start_from(state: TrainState, params: Any, batch_stats: Any, *, tx: optax.GradientTransformation,
+               use_ema: bool) -> TrainState:
+  """The fresh `state` with the given variables (`config.init_from`) and its optimizer started on them; a layer
+  absent from `params` (a replaced classifier) keeps the state's own initialisation."""
+  params, batch_stats = {**state.params, **params}, {**state.batch_stats, **batch_stats}
+  return TrainState(step=state.step, params=params, batch_stats=batch_stats, opt_state=tx.init(params),
+                    ema_params=params if use_ema else {}, ema_batch_stats=batch_stats if use_ema else {})
 
 
 def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
@@ -192,7 +201,7 @@ def check_saved_config(workdir: epath.Path, config: ml_collections.ConfigDict) -
   path = workdir / 'config.json'
   wanted = read_json_roundtrip(comparable_config(config))
   if path.exists() and not config.allow_config_change:
-    saved = read_json(path)
+    saved = _upgraded(read_json(path))
     differing = sorted(_flat_diff(saved, wanted))
     if differing:
       raise ConfigMismatchError(
@@ -200,6 +209,14 @@ def check_saved_config(workdir: epath.Path, config: ml_collections.ConfigDict) -
           'use another --workdir or pass --config.allow_config_change=True')
   if jax.process_index() == 0:
     atomic_write_json(path, wanted)
+
+
+def _upgraded(saved: dict[str, Any]) -> dict[str, Any]:
+  """A config saved by an earlier version, with the fields added since at their defaults and the retired ones
+  dropped, so that the run resumes under this version."""
+  saved.setdefault('init_from', '')
+  saved.get('data', {}).pop('shuffle_buffer', None)  # never read: epochs are exact permutations
+  return saved
 
 
 def read_json_roundtrip(obj: Any) -> Any:
@@ -249,9 +266,9 @@ def _make_workdir(workdir: epath.Path) -> None:
 
 
 def num_train_steps(config: ml_collections.ConfigDict, num_train_examples: int) -> tuple[int, int]:
-  """(steps per epoch, total steps) of a run."""
+  """(steps per epoch, total steps) of a run; 0 steps evaluates the initial (e.g. imported) weights."""
   steps_per_epoch = max(1, num_train_examples // config.batch_size)
-  if config.get('num_train_steps', -1) > 0:
+  if config.get('num_train_steps', -1) >= 0:
     return steps_per_epoch, config.num_train_steps
   return steps_per_epoch, max(1, int(config.num_epochs * steps_per_epoch))
 
@@ -299,11 +316,12 @@ def train_seeds_together(config: ml_collections.ConfigDict, seeds: Sequence[int]
     _check_workdir_creatable(workdir)  # before preparing a dataset for a run that cannot be written
   info = prepared_dataset_info(config.data)
   model = create_model(config.model, info.num_classes)
+  initial = _initial_weights(config, model, info)
   for run_config, workdir in zip(configs, workdirs, strict=True):
     _make_workdir(workdir)
     check_saved_config(workdir, run_config)
   try:
-    return _train(configs, workdirs, model, info)
+    return _train(configs, workdirs, model, info, initial)
   except Preempted:
     raise
   except Exception as e:
@@ -318,6 +336,17 @@ def train_seeds_together(config: ml_collections.ConfigDict, seeds: Sequence[int]
     if failure is e:
       raise
     raise failure from e
+
+
+def _initial_weights(config: ml_collections.ConfigDict, model: MobileNetV1,
+                     info: input_pipeline.DatasetInfo) -> tuple[warm_start.Weights, str] | None:
+  """`config.init_from`'s weights, checked against the model (InitFromError if they do not fit), and a note."""
+  if not config.get('init_from'):
+    return None
+  size = architecture.MIN_RESOLUTION
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, size, size, 3)), train=False))
+  fine_tuning = num_train_steps(config, info.num_train)[1] > 0
+  return warm_start.fit(warm_start.load(config.init_from), abstract, replace_classifier=fine_tuning)
 
 
 def _failure(error: Exception, workdir: epath.Path) -> Exception:
@@ -372,6 +401,7 @@ class _Runs:
     self.eval_fn = jax.jit(evaluate_one, in_shardings=(self.replicated, self.replicated, self.eval_sharding),
                            out_shardings=self.replicated)
     use_ema = bool(config.optim.ema_decay)
+    self.start_from = jax.jit(functools.partial(start_from, tx=tx, use_ema=use_ema), out_shardings=self.replicated)
     # The seed is an argument, not a constant: one compilation initializes every seed.
     init = jax.jit(lambda seed: init_state(model, tx, seed, use_ema), out_shardings=self.replicated)
     self.init_fns = [functools.partial(init, seed) for seed in self.seeds]
@@ -400,11 +430,12 @@ class _Runs:
 
 
 def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path], model: MobileNetV1,
-           info: input_pipeline.DatasetInfo) -> list[dict[str, Any]]:
+           info: input_pipeline.DatasetInfo,
+           initial: tuple[warm_start.Weights, str] | None) -> list[dict[str, Any]]:
   config = configs[0]
   resolution = config.model.resolution
   steps_per_epoch, total_steps = num_train_steps(config, info.num_train)
-  schedule = optim.learning_rate_schedule(config.optim, config.batch_size, steps_per_epoch, total_steps)
+  schedule = optim.learning_rate_schedule(config.optim, config.batch_size, steps_per_epoch, max(total_steps, 1))
   abstract = jax.eval_shape(lambda: init_state(model, optax.identity(), config.seed, False))
   tx = optim.create_optimizer(config.optim, abstract.params, schedule)
   runs = _Runs(configs, model, tx, schedule, make_mesh())
@@ -412,7 +443,12 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
   managers = [checkpointing.create_manager(w, config.max_checkpoints_to_keep) for w in workdirs]
   target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=runs.replicated),
                         jax.eval_shape(runs.init_fns[0]))
-  states = checkpointing.restore_newest_common(managers, target, workdirs, log) or [f() for f in runs.init_fns]
+  states = checkpointing.restore_newest_common(managers, target, workdirs, log)
+  if states is None:
+    states = [f() for f in runs.init_fns]
+    if initial is not None:  # only at the start: a resumed run continues from its own checkpoint
+      weights, note = initial
+      states = [runs.start_from(s, weights.params, weights.batch_stats) for s in states]
   start_step = int(jax.device_get(states[0].step))
   state = runs.stack(states)
   del states
@@ -426,6 +462,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
       f'{info.num_train} train / {info.num_eval} eval examples of {config.data.name}; '
       f'{total_steps} steps of {config.batch_size}{seeds} on {jax.device_count()} device(s), '
       f'{jax.process_count()} process(es)')
+  if initial is not None and start_step == 0:
+    log(f'[train] starting from the {initial[1]}')
 
   def save(step: int, force: bool = False) -> None:
     for index, (manager, workdir) in enumerate(zip(managers, workdirs, strict=True)):
