@@ -15,7 +15,7 @@ import dataclasses
 import json
 import sys
 
-from mnet_jax import architecture
+from mnet_jax import architecture, cli
 
 # The per-layer-type rows of the paper's Table 2.
 LAYER_TYPES = {'pointwise': 'Conv 1x1', 'depthwise': 'Conv DW 3x3',
@@ -116,15 +116,8 @@ def _number_list(kind):
   return parse
 
 
-class _OneLineParser(argparse.ArgumentParser):
-  """Usage errors as one line on stderr and exit code 2."""
-
-  def error(self, message: str):
-    self.exit(2, f'error: {message}\n')
-
-
 def main(argv: list[str] | None = None) -> int:
-  parser = _OneLineParser(prog='python -m mnet_jax.cost', description=__doc__.split('\n')[0])
+  parser = cli.OneLineParser(prog='python -m mnet_jax.cost', description=__doc__.split('\n')[0])
   parser.add_argument('--alpha', type=_number_list(float), default=[1.0], help='width multiplier(s), e.g. 1,0.75')
   parser.add_argument('--resolution', type=_number_list(int), default=[224], help='input size(s), e.g. 224,192')
   parser.add_argument('--variant', default='separable', help=f'one of {", ".join(architecture.VARIANTS)}')
@@ -136,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
              for a in args.alpha for r in args.resolution]
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)
-    return 2
+    return cli.USAGE_ERROR
   if args.json:
     rows = [summary(c) for c in costs]
     print(json.dumps(rows[0] if len(rows) == 1 else rows))

@@ -1,0 +1,431 @@
+"""Import published MobileNet V1 weights (Keras or TF-slim) as a directory mnet_jax can evaluate or fine-tune.
+
+Sources, read as data (HDF5, JSON, TF checkpoint tables): nothing in a file is executed or unpickled.
+  keras  `keras.applications.MobileNet`, any alpha and class count, saved as `.keras` (Keras 3) or `.h5`
+         (a legacy HDF5 model or weights file, such as Keras' own mobilenet_1_0_224_tf.h5).
+  slim   a TF-slim `mobilenet_v1` checkpoint (PREFIX.index + PREFIX.data-*), as the 16 published
+         mobilenet_v1_<alpha>_<resolution> models; variable names from tensorflow/models
+         research/slim/nets/mobilenet_v1.py. Its logit 0 is "background": dropped by default, so that
+         logit i is TFDS imagenet2012's label i (both order the 1000 synsets by WordNet id).
+
+Output directory OUT (written to a temporary sibling, then renamed: never half written):
+  OUT/variables   an Orbax checkpoint (PyTreeCheckpointer) of {'params': ..., 'batch_stats': ...}, float32,
+                  the tree `MobileNetV1(**model_fields).init` builds
+  OUT/model.json  {"format": 1, "alpha", "num_classes", "variant", "min_depth", "activation", "bn_epsilon",
+                   "source": "keras" | "slim", "source_path", "background_dropped", "ema",
+                   "eval_preprocess": "slim"}: inputs in [-1, 1], as mnet_jax's pipeline makes them
+`load(OUT)` returns (model_fields, variables): `MobileNetV1(**model_fields).apply(variables, images)`.
+
+Exactness: slim pads with 'SAME' as mnet_jax does. Keras pads a stride-2 convolution's input by (0, 1) and
+then convolves 'valid', the same as 'SAME' only for even inputs, i.e. resolutions that are multiples of 32
+(every published one). Slim's final 7x7 'VALID' average pool is the global mean up to resolution 224.
+
+    python -m mnet_jax.convert --slim=mobilenet_v1_1.0_224.ckpt --out=imported/slim_1.0_224
+    python -m mnet_jax.convert --keras=mobilenet.keras --out=imported/keras --alpha=0.5 --num_classes=1000
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import traceback
+import zipfile
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from mnet_jax import architecture, cli
+from mnet_jax.cli import one_line
+
+FORMAT_VERSION = 1
+# What both sources' weights were trained with: slim's `mobilenet_v1_arg_scope` (ReLU6, BatchNorm with
+# epsilon 0.001, min_depth 8) and Keras' MobileNet (ReLU(6.), BatchNormalization's default epsilon 1e-3).
+FIXED_FIELDS = {'variant': 'separable', 'min_depth': 8, 'activation': 'relu6', 'bn_epsilon': 1e-3}
+_BATCH_NORM = {'scale': 'gamma', 'bias': 'beta', 'mean': 'moving_mean', 'var': 'moving_variance'}
+_SLIM_CLASSES_WITH_BACKGROUND = 1001
+# Keras 3 stores a layer's weights under its class name in snake case, numbered in model order
+# (keras/src/saving/saving_lib.py, `_save_container_state`), not under the layer's own name.
+_KERAS3_GROUPS = {'Conv2D': 'conv2d', 'DepthwiseConv2D': 'depthwise_conv2d',
+                  'BatchNormalization': 'batch_normalization'}
+
+
+class ConvertError(ValueError):
+  """A file that cannot be imported; the message is one line naming what does not fit."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Imported:
+  """mnet_jax variables of a MobileNetV1 and where they came from."""
+
+  alpha: float
+  num_classes: int
+  variables: dict[str, Any]  # {'params': ..., 'batch_stats': ...} of float32 numpy arrays
+  source: str  # 'keras' | 'slim'
+  source_path: str
+  background_dropped: bool = False
+  ema: bool = False  # slim: the ExponentialMovingAverage shadows were used
+
+  def model_fields(self) -> dict[str, Any]:
+    return {'alpha': self.alpha, 'num_classes': self.num_classes, **FIXED_FIELDS}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Source:
+  path: str
+  shapes: dict[str, tuple[int, ...]]
+  read: Callable[[str], np.ndarray]
+  name_of: Callable[[str, str], str]  # (mnet_jax module, leaf) -> source variable
+  ignorable: Callable[[str, set[str]], bool] = lambda name, used: False
+
+
+# --- Keras -------------------------------------------------------------------------------------
+
+def _keras_name(module: str, leaf: str) -> str:
+  layer = module.removesuffix('_bn')
+  if layer in ('stem', 'classifier'):
+    keras_layer = {'stem': 'conv1', 'classifier': 'conv_preds'}[layer]
+  else:  # block3_depthwise -> conv_dw_3, block3_pointwise -> conv_pw_3
+    index, kind = re.fullmatch(r'block(\d+)_(depthwise|pointwise)', layer).groups()
+    keras_layer = f'conv_{kind[0]}w_{index}'
+  if module.endswith('_bn'):
+    return f'{keras_layer}_bn/{_BATCH_NORM[leaf]}'
+  return f'{keras_layer}/{leaf}'
+
+
+def _keras3_tensors(weights: Any, config: dict) -> dict[str, np.ndarray]:
+  """Weights of a `.keras` file's model.weights.h5, keyed 'layer_name/variable' by walking config.json."""
+  if config.get('class_name') != 'Functional':
+    raise ConvertError(f'expected a Functional keras.applications.MobileNet, found a {config.get("class_name")}')
+  tensors, unread, counts = {}, set(), Counter()
+  weights['layers'].visititems(lambda name, obj: unread.add(name) if hasattr(obj, 'shape') else None)
+  for layer in config['config']['layers']:
+    kind, settings = layer['class_name'], layer['config']
+    if kind not in _KERAS3_GROUPS:
+      continue
+    group = _KERAS3_GROUPS[kind] + (f'_{counts[kind]}' if counts[kind] else '')
+    counts[kind] += 1
+    if kind == 'BatchNormalization':
+      names = [n for n, on in (('gamma', settings.get('scale', True)), ('beta', settings.get('center', True)),
+                               ('moving_mean', True), ('moving_variance', True)) if on]
+    else:
+      names = ['kernel'] + (['bias'] if settings.get('use_bias', True) else [])
+    for index, name in enumerate(names):
+      key = f'{group}/vars/{index}'
+      if key in unread:
+        tensors[f'{layer["name"]}/{name}'] = np.asarray(weights['layers'][key])
+        unread.discard(key)
+  if unread:
+    raise ConvertError(f'unexpected weights layers/{sorted(unread)[0]}: not a keras.applications.MobileNet')
+  return tensors
+
+
+def _legacy_h5_tensors(h5: Any) -> dict[str, np.ndarray]:
+  """Weights of a legacy HDF5 model (group model_weights) or weights file, keyed 'layer_name/variable'."""
+  group = h5['model_weights'] if 'model_weights' in h5 else h5
+  if 'layer_names' not in group.attrs:
+    raise ConvertError('an HDF5 file without Keras layer names (a Keras 3 .weights.h5? save the model as .keras)')
+  text = lambda s: s.decode() if isinstance(s, bytes) else str(s)  # noqa: E731
+  tensors = {}
+  for layer in map(text, group.attrs['layer_names']):
+    for weight in map(text, group[layer].attrs['weight_names']):
+      name = weight.split('/')[-1].removesuffix(':0')
+      name = 'kernel' if name == 'depthwise_kernel' else name  # Keras 2's name for it
+      tensors[f'{layer}/{name}'] = np.asarray(group[layer][weight])
+  return tensors
+
+
+def _keras_source(path: str) -> _Source:
+  import h5py
+
+  if not os.path.isfile(path):
+    raise ConvertError(f'no such file: {path}')
+  try:
+    if zipfile.is_zipfile(path):
+      with zipfile.ZipFile(path) as archive:
+        config = json.loads(archive.read('config.json'))
+        weights = io.BytesIO(archive.read('model.weights.h5'))
+      with h5py.File(weights, 'r') as h5:
+        tensors = _keras3_tensors(h5, config)
+    elif h5py.is_hdf5(path):
+      with h5py.File(path, 'r') as h5:
+        tensors = _legacy_h5_tensors(h5)
+    elif open(path, 'rb').read(4) == b'PK\x03\x04':  # a zip's first entry, but no directory at the end
+      raise ConvertError('a damaged .keras (zip) file, truncated?')
+    else:
+      raise ConvertError('neither a .keras (zip) nor an .h5 (HDF5) file')
+  except ConvertError as e:
+    raise ConvertError(f'{path}: {e}') from e
+  except (OSError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
+    raise ConvertError(f'{path}: not a readable Keras model file (truncated?): {one_line(e)}') from e
+  return _Source(path, {name: value.shape for name, value in tensors.items()}, tensors.__getitem__, _keras_name)
+
+
+# --- TF-slim -----------------------------------------------------------------------------------
+
+def _slim_name(module: str, leaf: str) -> str:
+  layer = module.removesuffix('_bn')
+  if layer == 'classifier':
+    return 'MobilenetV1/Logits/Conv2d_1c_1x1/' + {'kernel': 'weights', 'bias': 'biases'}[leaf]
+  scope = 'MobilenetV1/Conv2d_' + ('0' if layer == 'stem' else layer.removeprefix('block'))  # Conv2d_3_depthwise
+  if module.endswith('_bn'):
+    return f'{scope}/BatchNorm/{_BATCH_NORM[leaf]}'
+  return f'{scope}/{"depthwise_weights" if layer.endswith("_depthwise") else "weights"}'
+
+
+def _slim_source(prefix: str, ema: bool) -> _Source:
+  prefix = re.sub(r'\.(index|meta|data-\d+-of-\d+)$', '', prefix)
+  if not os.path.isdir(prefix) and not os.path.isfile(prefix + '.index'):
+    hint = ' (pass the prefix: model.ckpt for model.ckpt.index)' if os.path.isfile(prefix) else ''
+    raise ConvertError(f'no TF checkpoint at {prefix}: {prefix}.index does not exist{hint}')
+  import tensorflow as tf
+
+  try:
+    reader = tf.train.load_checkpoint(prefix)
+    shapes = {name: tuple(shape) for name, shape in reader.get_variable_to_shape_map().items()}
+  except (tf.errors.OpError, ValueError) as e:
+    raise ConvertError(f'{prefix}: not a readable TF checkpoint (truncated?): {one_line(e)}') from e
+  if not any(name.startswith('MobilenetV1/') for name in shapes):
+    raise ConvertError(f'{prefix}: no MobilenetV1/ variables, not a TF-slim mobilenet_v1 checkpoint')
+
+  def read(name: str) -> np.ndarray:
+    try:
+      return reader.get_tensor(name)
+    except Exception as e:  # noqa: BLE001 - TF reports a short data file as IndexError, OpError, ...
+      raise ConvertError(f'{prefix}: cannot read {name} (truncated?): {one_line(e)}') from e
+
+  def name_of(module: str, leaf: str) -> str:
+    # Slim trains with an ExponentialMovingAverage of the weights when asked to (train_image_classifier's
+    # --moving_average_decay) and then evaluates the shadows (eval_image_classifier restores them in place
+    # of the weights): where a checkpoint carries them, they are the weights its accuracy was measured with.
+    name = _slim_name(module, leaf)
+    shadow = f'{name}/ExponentialMovingAverage'
+    return shadow if ema and shadow in shapes else name
+
+  def ignorable(name: str, used: set[str]) -> bool:
+    # global_step and other bookkeeping outside the model's scope, and the slots of used variables
+    # (optimizer accumulators such as RMSProp, RMSProp_1, Momentum; unused EMA shadows).
+    return not name.startswith('MobilenetV1/') or name.rsplit('/', 1)[0] in used
+
+  return _Source(prefix, shapes, read, name_of, ignorable)
+
+
+# --- Mapping -----------------------------------------------------------------------------------
+
+def _source_shape(module: str, leaf: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+  """The TF layout both sources use. (3, 3, C, 1) against mnet_jax's (3, 3, 1, C), and (1, 1, C, K) against
+  (C, K), hold the same numbers in the same order: each converts by a reshape."""
+  if leaf == 'kernel' and module.endswith('_depthwise'):
+    return (shape[0], shape[1], shape[3], shape[2])
+  if leaf == 'kernel' and module == 'classifier':
+    return (1, 1, *shape)
+  return tuple(shape)
+
+
+def _abstract_variables(alpha: float, num_classes: int) -> dict[str, Any]:
+  import jax
+  import jax.numpy as jnp
+
+  from mnet_jax.models import MobileNetV1
+
+  # 'grouped' traces fastest; both depthwise implementations share one parameter layout.
+  model = MobileNetV1(alpha=alpha, num_classes=num_classes, depthwise_impl='grouped', **FIXED_FIELDS)
+  images = jax.ShapeDtypeStruct((1, architecture.MIN_RESOLUTION, architecture.MIN_RESOLUTION, 3), jnp.float32)
+  return jax.eval_shape(model.init, jax.random.key(0), images)
+
+
+def _convert(source: _Source, alpha: float | None, num_classes: int | None,
+             drop_background: bool) -> tuple[float, int, dict[str, Any]]:
+  """(alpha, num_classes, variables): every mnet_jax variable from one source variable, shapes checked."""
+  import flax
+
+  last = architecture.layers(1.0, architecture.MIN_RESOLUTION)[-2].name  # the widest: 1024 alpha channels
+  width_name, classes_name = source.name_of(last, 'kernel'), source.name_of('classifier', 'bias')
+  for name, hint in ((width_name, ''), (classes_name, ' (a model saved without its classifier?)')):
+    if name not in source.shapes:
+      raise ConvertError(f'{source.path}: missing variable {name}{hint}')
+  width, file_classes = source.shapes[width_name][-1], source.shapes[classes_name][-1]
+  if alpha is None:
+    alpha = width / 1024
+  elif architecture.check_alpha(alpha) or architecture.scaled_channels(1024, alpha) != width:
+    raise ConvertError(f'{source.path}: {width_name} has {width} output channels (alpha {width / 1024:g}), '
+                       f'alpha {alpha:g} needs {architecture.scaled_channels(1024, alpha)}')
+  offset = 1 if drop_background else 0
+  if drop_background and file_classes != _SLIM_CLASSES_WITH_BACKGROUND:
+    raise ConvertError(f'{source.path}: {classes_name} has {file_classes} classes, not ImageNet\'s 1001 with '
+                       'background; keep them all (--keep_background)')
+  if num_classes is not None and num_classes != file_classes - offset:
+    dropped = ' after dropping the background class' if offset else ''
+    raise ConvertError(f'{source.path}: {classes_name} gives {file_classes - offset} classes{dropped}, '
+                       f'not the {num_classes} requested')
+
+  abstract = flax.traverse_util.flatten_dict(_abstract_variables(alpha, file_classes))
+  order = [layer.name for layer in architecture.layers(alpha, architecture.MIN_RESOLUTION)]
+  values, used = {}, set()
+  # In network order, so that the first mismatch reported is the first in the file's network too.
+  for path in sorted(abstract, key=lambda p: (order.index(p[1].removesuffix('_bn')), p)):
+    collection, module, leaf = path
+    name, shape = source.name_of(module, leaf), tuple(abstract[path].shape)
+    expected = _source_shape(module, leaf, shape)
+    if name not in source.shapes:
+      raise ConvertError(f'{source.path}: missing variable {name} (for {collection}/{module}/{leaf})')
+    if tuple(source.shapes[name]) != expected:
+      raise ConvertError(f'{source.path}: {name} has shape {tuple(source.shapes[name])}, a MobileNet V1 of '
+                         f'alpha {alpha:g} with {file_classes} classes needs {expected}')
+    value = np.asarray(source.read(name), np.float32).reshape(shape)
+    if not np.all(np.isfinite(value)):
+      raise ConvertError(f'{source.path}: {name} holds non-finite values')
+    if module == 'classifier':
+      value = value[..., offset:]
+    values[path] = value
+    used.update({name, name.removesuffix('/ExponentialMovingAverage')})
+  unexpected = sorted(name for name in source.shapes if name not in used and not source.ignorable(name, used))
+  if unexpected:
+    more = f' (and {len(unexpected) - 1} more)' if len(unexpected) > 1 else ''
+    raise ConvertError(f'{source.path}: unexpected variable {unexpected[0]}{more}, not part of a float MobileNet V1')
+  return alpha, file_classes - offset, flax.traverse_util.unflatten_dict(values)
+
+
+def from_keras(path: str, alpha: float | None = None, num_classes: int | None = None) -> Imported:
+  """A `keras.applications.MobileNet` saved as .keras or .h5; `alpha`/`num_classes`, if given, are checked."""
+  source = _keras_source(path)
+  alpha, num_classes, variables = _convert(source, alpha, num_classes, drop_background=False)
+  return Imported(alpha, num_classes, variables, 'keras', os.path.abspath(path))
+
+
+def from_slim(prefix: str, drop_background: bool = True, alpha: float | None = None,
+              num_classes: int | None = None, ema: bool = True) -> Imported:
+  """A TF-slim mobilenet_v1 checkpoint; its EMA shadows where present (unless `ema` is False)."""
+  source = _slim_source(prefix, ema)
+  alpha, num_classes, variables = _convert(source, alpha, num_classes, drop_background)
+  used_ema = ema and any(n.endswith('/ExponentialMovingAverage') for n in source.shapes
+                         if n.startswith('MobilenetV1/'))
+  return Imported(alpha, num_classes, variables, 'slim', os.path.abspath(source.path), drop_background, used_ema)
+
+
+# --- The output directory ----------------------------------------------------------------------
+
+def _check_output(out: str, overwrite: bool) -> None:
+  if '://' in out:
+    raise ConvertError(f'--out must be a local directory, got {out}')
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise ConvertError(f'{out} exists and is not a directory')
+  if os.path.isdir(out) and os.listdir(out) and not overwrite:
+    raise ConvertError(f'{out} exists and is not empty (pass --overwrite to replace it)')
+
+
+def save(imported: Imported, out_dir: str, overwrite: bool = False) -> None:
+  """Write OUT/variables and OUT/model.json into a temporary sibling, then rename it to `out_dir`."""
+  import orbax.checkpoint as ocp
+
+  out = os.path.abspath(out_dir)
+  _check_output(out, overwrite)
+  try:
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(out), prefix=f'.{os.path.basename(out)}.', suffix='.tmp')
+  except OSError as e:
+    raise ConvertError(f'cannot write {out}: {e.strerror or e}') from e
+  try:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the model from collaborators
+    ocp.PyTreeCheckpointer().save(os.path.join(tmp, 'variables'), imported.variables)
+    info = {'format': FORMAT_VERSION, **imported.model_fields(), 'source': imported.source,
+            'source_path': imported.source_path, 'background_dropped': imported.background_dropped,
+            'ema': imported.ema, 'eval_preprocess': 'slim'}
+    with open(os.path.join(tmp, 'model.json'), 'w') as f:
+      json.dump(info, f, indent=2, sort_keys=True)
+      f.write('\n')
+    if os.path.isdir(out) and os.listdir(out):  # --overwrite: the old one goes only once the new one is complete
+      os.rename(out, tmp + '.old')
+      try:
+        os.rename(tmp, out)
+      except OSError:
+        os.rename(tmp + '.old', out)
+        raise
+      shutil.rmtree(tmp + '.old')
+    else:
+      os.replace(tmp, out)  # onto an empty directory, or none
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_info(path: str) -> dict[str, Any]:
+  """OUT/model.json of an imported model."""
+  try:
+    with open(os.path.join(path, 'model.json')) as f:
+      info = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConvertError(f'{path}: not an imported model ({one_line(e)})') from e
+  if info.get('format') != FORMAT_VERSION:
+    raise ConvertError(f'{path}: model.json has format {info.get("format")!r}, expected {FORMAT_VERSION}')
+  return info
+
+
+def load(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
+  """(model_fields, variables) of an imported model: `MobileNetV1(**model_fields).apply(variables, images)`."""
+  import jax
+  import orbax.checkpoint as ocp
+
+  info = read_info(path)
+  checkpointer = ocp.PyTreeCheckpointer()
+  directory = os.path.join(os.path.abspath(path), 'variables')
+  metadata = checkpointer.metadata(directory).item_metadata.tree
+  restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), metadata)
+  variables = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+  return {key: info[key] for key in ('alpha', 'num_classes', *FIXED_FIELDS)}, variables
+
+
+# --- CLI ---------------------------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> int:
+  parser = cli.OneLineParser(prog='python -m mnet_jax.convert', description=__doc__.split('\n')[0])
+  source = parser.add_mutually_exclusive_group(required=True)
+  source.add_argument('--keras', metavar='PATH', help='a keras.applications.MobileNet saved as .keras or .h5')
+  source.add_argument('--slim', metavar='PREFIX', help='a TF-slim mobilenet_v1 checkpoint prefix (model.ckpt)')
+  parser.add_argument('--out', required=True, metavar='DIR', help='the directory to create')
+  parser.add_argument('--alpha', type=float, help='the width multiplier expected (checked)')
+  parser.add_argument('--num_classes', type=int, help='the class count expected after import (checked)')
+  parser.add_argument('--keep_background', action='store_true', help='slim: keep logit 0 ("background")')
+  parser.add_argument('--no_ema', action='store_true', help='slim: the raw weights even where EMA shadows exist')
+  parser.add_argument('--overwrite', action='store_true', help='replace a non-empty --out')
+  parser.add_argument('--verbose', action='store_true', help='show tracebacks of unexpected errors')
+  args = parser.parse_args(argv)
+  try:
+    if args.keras and (args.keep_background or args.no_ema):
+      raise ConvertError('--keep_background and --no_ema apply to --slim checkpoints only')
+    _check_output(os.path.abspath(args.out), args.overwrite)  # before minutes of work, and again in save
+    if args.keras:
+      imported = from_keras(args.keras, args.alpha, args.num_classes)
+    else:
+      imported = from_slim(args.slim, not args.keep_background, args.alpha, args.num_classes, not args.no_ema)
+    save(imported, args.out, args.overwrite)
+  except (ValueError, OSError) as e:  # ConvertError, a bad --alpha, a failed write
+    if args.verbose:
+      traceback.print_exc()
+    print(f'error: {one_line(e)}', file=sys.stderr)
+    return cli.USAGE_ERROR
+  except Exception as e:  # noqa: BLE001 - one line for users, --verbose for developers
+    if args.verbose:
+      traceback.print_exc()
+    print(f'error: {type(e).__name__}: {one_line(e)} (rerun with --verbose for the traceback)', file=sys.stderr)
+    return 1
+  notes = [note for note, on in (('background class dropped', imported.background_dropped),
+                                 ('EMA weights', imported.ema)) if on]
+  print(f'wrote {args.out}: MobileNet V1 alpha {imported.alpha:g}, {imported.num_classes} classes, from '
+        f'{imported.source} {imported.source_path}' + (f' ({", ".join(notes)})' if notes else ''))
+  return 0
+
+
+if __name__ == '__main__':
+  # TensorFlow only reads the slim checkpoint: keep its start-up log off stderr (as mnet_jax.main does).
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+  sys.exit(main())
