@@ -52,8 +52,8 @@ def make_config(overrides: dict):
   return config
 
 
-def main_command(workdir, overrides: dict, *extra, preset: str = '') -> list[str]:
-  config = f'{DEFAULT_CONFIG}:{preset}' if preset else str(DEFAULT_CONFIG)
+def main_command(workdir, overrides: dict, *extra, preset: str = '', config_file=DEFAULT_CONFIG) -> list[str]:
+  config = f'{config_file}:{preset}' if preset else str(config_file)
   args = [sys.executable, '-m', 'mnet_jax.main', f'--config={config}', f'--workdir={workdir}']
   args += [f'--config.{k}={v}' for k, v in overrides.items()]
   return args + list(extra)

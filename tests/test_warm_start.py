@@ -5,14 +5,25 @@ from __future__ import annotations
 import json
 import subprocess
 
+import hooks
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from test_train import flat, main_command, subprocess_env
+from hooks import hooked
+from test_convert import keras_mobilenet, randomize
+from test_train import (
+  REPO,
+  assert_identical_params,
+  flat,
+  killed_when_held,
+  main_command,
+  subprocess_env,
+  tiny_overrides,
+)
 
-from mnet_jax import train, warm_start
+from mnet_jax import convert, datasets, train, warm_start
 from mnet_jax.models import MobileNetV1
 
 
@@ -77,3 +88,77 @@ def test_fine_tuning_to_another_class_count_keeps_every_layer_but_the_classifier
   assert int(state.step) == 0
   for ema, value in ((state.ema_params, state.params), (state.ema_batch_stats, state.batch_stats)):
     jax.tree.map(np.testing.assert_array_equal, ema, value)
+
+
+def _slim_eval_images(images: np.ndarray, resolution: int) -> np.ndarray:
+  """TF-slim's preprocess_for_eval with TF's ops: to [0, 1], central_crop(0.875), TF1 bilinear, to [-1, 1]."""
+  import tensorflow as tf
+
+  images = tf.image.central_crop(tf.image.convert_image_dtype(images, tf.float32), 0.875)
+  images = tf.compat.v1.image.resize_bilinear(images, [resolution, resolution], align_corners=False)
+  return ((images - 0.5) * 2.0).numpy()
+
+
+@pytest.fixture(scope='module')
+def trained_keras(tiny_data_dir, tmp_path_factory):
+  """A Keras MobileNet 0.25-32 trained for a few epochs on the tiny dataset (so that its predictions vary from
+  image to image), saved as .keras; and its own top-1/top-5 hits on the test split, preprocessed as slim does."""
+  import keras
+  import tensorflow_datasets as tfds
+
+  keras.utils.set_random_seed(0)
+  train_split, test_split = (tfds.as_numpy(tfds.load(datasets.TINY_DATASET, split=split, data_dir=tiny_data_dir,
+                                                     batch_size=-1)) for split in ('train', 'test'))
+  model = keras_mobilenet(0.25, 32, 16)
+  for layer in model.layers:
+    if isinstance(layer, keras.layers.BatchNormalization):
+      layer.momentum = 0.8  # statistics that keep up with 80 steps
+  model.compile(keras.optimizers.Adam(3e-3), keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+  model.fit(_slim_eval_images(train_split['image'], 32), train_split['label'], batch_size=32, epochs=8, verbose=0)
+  logits = model.predict(_slim_eval_images(test_split['image'], 32), verbose=0)
+  path = tmp_path_factory.mktemp('keras_trained') / 'mobilenet.keras'
+  model.save(path)
+  top5 = np.argsort(-logits, axis=-1)[:, :5]
+  labels = test_split['label']
+  assert len(set(top5[:, 0])) >= 8, 'the reference predicts too few classes for its hits to tell much'
+  return str(path), int(np.sum(top5[:, 0] == labels)), int(np.sum(np.any(top5 == labels[:, None], -1)))
+
+
+def test_the_eval_preset_scores_imported_keras_weights_as_keras_does(trained_keras, tiny_data_dir, cache_dir,
+                                                                     tmp_path):
+  # convert -> experiments/eval.py: every test image decoded, cropped and resized as slim does, and classified by
+  # the imported weights, must give Keras' own hits on the same split.
+  path, top1_hits, top5_hits = trained_keras
+  convert.save(convert.from_keras(path), str(tmp_path / 'imported'))
+  command = main_command(tmp_path / 'eval', {
+      'data.name': datasets.TINY_DATASET, 'data.data_dir': tiny_data_dir, 'model.alpha': 0.25,
+      'model.resolution': 32, 'batch_size': 32, 'init_from': tmp_path / 'imported'},
+      config_file=REPO / 'experiments' / 'eval.py')
+  result = subprocess.run(command, env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+  got = json.loads((tmp_path / 'eval' / 'results.json').read_text())
+  assert got['eval_examples'] == 100 and got['config']['data']['eval_preprocess'] == 'slim'
+  assert (round(got['top1'] * 100), round(got['top5'] * 100)) == (top1_hits, top5_hits)
+
+
+def test_fine_tuning_imported_weights_to_another_class_count_resumes_bitwise(tiny_data_dir, cache_dir, tmp_path):
+  # A Keras MobileNet with 10 classes fine-tuned on the 16-class tiny dataset: killed once checkpoint 4 is
+  # committed, then rerun, it must end where the uninterrupted fine-tuning ends.
+  model = keras_mobilenet(0.25, 32, 10)
+  randomize(model, seed=5)
+  model.save(tmp_path / 'keras.h5')
+  convert.save(convert.from_keras(str(tmp_path / 'keras.h5')), str(tmp_path / 'imported'))
+  overrides = tiny_overrides(tiny_data_dir, num_train_steps=8, init_from=tmp_path / 'imported',
+                             compilation_cache_dir=str(cache_dir))
+  env = subprocess_env(cache_dir)
+  whole = subprocess.run(main_command(tmp_path / 'whole', overrides), env=env, capture_output=True, text=True,
+                         timeout=300)
+  assert whole.returncode == 0, whole.stderr[-2000:]
+  assert 'classifier replaced (10 -> 16 classes, newly initialised)' in whole.stdout
+  killed = tmp_path / 'killed'
+  killed_when_held([hooked(main_command(killed, overrides), hooks.held(f'after:{killed / "checkpoints" / "4"}',
+                                                                       tmp_path / 'held'))], env, tmp_path / 'held')
+  rerun = subprocess.run(main_command(killed, overrides), env=env, capture_output=True, text=True, timeout=300)
+  assert rerun.returncode == 0, rerun.stderr[-2000:]
+  assert 'resumed from checkpoint at step 4' in rerun.stdout and 'starting from' not in rerun.stdout
+  assert_identical_params(killed, tmp_path / 'whole')
