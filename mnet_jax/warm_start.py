@@ -16,9 +16,9 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from etils import epath
 
 from mnet_jax import architecture
+from mnet_jax.fileio import run_path
 
 CLASSIFIER = architecture.CLASSIFIER_NAME
 
@@ -37,7 +37,7 @@ class Weights:
 
 def load(path: str) -> Weights:
   """The weights in a converted checkpoint or a run dir, as numpy arrays."""
-  root = epath.Path(path)
+  root = run_path(path)  # absolute: Orbax reads no metadata from a relative path
   if (root / 'model.json').exists():
     from mnet_jax import convert  # TensorFlow-free to import, but only needed here
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import hooks
@@ -31,10 +32,11 @@ def test_evaluating_a_run_dir_without_training_gives_its_own_final_accuracy(refe
   # 0 steps from the reference run's newest checkpoint: the evaluation must count exactly the hits the run's own
   # final evaluation counted (the same weights, BatchNorm statistics and eval batches).
   ref_workdir, overrides = reference_run
-  result = subprocess.run(main_command(tmp_path, dict(overrides, num_train_steps=0, init_from=ref_workdir)),
-                          env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=300)
+  relative = os.path.relpath(ref_workdir, tmp_path)  # as a user types it
+  result = subprocess.run(main_command(tmp_path, dict(overrides, num_train_steps=0, init_from=relative)),
+                          env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=300, cwd=tmp_path)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-  assert f'starting from the weights at step 24 of {ref_workdir}' in result.stdout
+  assert f'starting from the weights at step 24 of {relative}' in result.stdout
   expected = json.loads((ref_workdir / 'results.json').read_text())
   got = json.loads((tmp_path / 'results.json').read_text())
   assert (got['steps'], got['eval_examples']) == (0, expected['eval_examples'])
