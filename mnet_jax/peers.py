@@ -111,7 +111,7 @@ def torch_workload(alpha: float, resolution: int, batch: int, variant: str = 'co
   try:
     import torch
   except ImportError as e:
-    raise PeerUnavailable(f'torch not installed ({e})') from None
+    raise PeerUnavailable(f'torch not installed ({e}): pip install -r requirements-peers.txt') from None
   if variant not in TORCH_VARIANTS:
     raise ValueError(f'unknown torch variant {variant!r}')
   device = torch.device('cuda' if torch.cuda.is_available() else 'cpu')
