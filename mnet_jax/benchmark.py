@@ -1,10 +1,13 @@
 """Throughput benchmark of mnet_jax against its peers, side by side in one invocation.
 
     python -m mnet_jax.benchmark --alpha 1 --resolution 224 --batch 32 --peers keras,pytorch
+    python -m mnet_jax.benchmark --preset study --rounds 3   # the offline study's largest and smallest models
 
 Measures on the current backend: a real optax train step (forward + backward + update, BN
 in train mode), eval throughput at the batch, latency at batch 1, compile time separately,
-and the input pipeline alone. Each framework runs in its own subprocess (its own thread
+and the input pipeline alone. Under each table, the floors the steps are bound by
+(`roofline.py`: matmul FLOPs at the best dot rate, bytes at the stream bandwidth, both
+measured in the same run). Each framework runs in its own subprocess (its own thread
 pools and memory), one after another; warm-up is excluded, figures are medians of the
 repeats and the spread (min-max) is shown. Progress goes to stderr, the table to stdout.
 """
@@ -25,10 +28,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mnet_jax import architecture, peers, runtime
+from mnet_jax import architecture, peers, roofline, runtime
 from mnet_jax.layers import DEPTHWISE_IMPLS
 
 PEERS = ('keras', 'pytorch')
+# (alpha, resolution) at batch 64: the default offline study's largest and smallest models and its batch.
+PRESETS = {'study': ((1.0, 63), (0.25, 36))}
+PRESET_BATCH = {'study': 64}
 DTYPES = ('float32', 'bfloat16')
 # Untimed calls of each function first: allocators, caches and thread pools settle over the
 # first few steps (measured: step 1 at ~60 % of the steady rate, steps 2-3 within 5-10 %).
@@ -115,7 +121,8 @@ def jax_workload(args: argparse.Namespace) -> peers.Workload:
   warm_up(train, run_infer, run_single)
   device = jax.devices()[0]
   return peers.Workload(train, run_infer, run_single, compile_s,
-                        f'jax {jax.__version__} {device.platform} {device.device_kind}')
+                        f'jax {jax.__version__} {device.platform} {device.device_kind}',
+                        {'train': roofline.compiled_bytes(train_fn), 'infer': roofline.compiled_bytes(infer_fn)})
 
 
 def input_pipeline_rate(args: argparse.Namespace) -> dict[str, Any]:
@@ -150,9 +157,13 @@ def input_pipeline_rate(args: argparse.Namespace) -> dict[str, Any]:
 def worker(args: argparse.Namespace) -> dict[str, Any]:
   """Run one framework's measurement in this process (the subprocess side)."""
   name, _, variant = args.worker.partition(':')
+  if name == 'limits':
+    return roofline.measure_limits(args.dtype)
   if name == 'mnet_jax':
-    row = summarize(jax_workload(args), args)
+    work = jax_workload(args)
+    row = summarize(work, args)
     row['variant'] = f'{args.dtype}, depthwise={args.depthwise_impl}'
+    row['bytes_moved'] = work.bytes_moved
     return row
   if name == 'keras':
     work = peers.keras_workload(args.alpha, args.resolution, args.batch)
@@ -202,6 +213,32 @@ def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
   return merged
 
 
+def best_limits(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+  """The machine's limits over the rounds: the best measured (a limit is what the machine can do)."""
+  measured = [row for row in rounds if 'note' not in row]
+  if not measured:
+    return rounds[0]
+  return {**measured[0], 'dot_gflop_s': max(r['dot_gflop_s'] for r in measured),
+          'stream_gb_s': max(r['stream_gb_s'] for r in measured)}
+
+
+def step_floors(rows: list[dict[str, Any]], limits: dict[str, Any], alpha: float, resolution: int,
+                batch: int) -> dict[str, Any]:
+  """The train step's and the inference batch's floors, each framework's step time against them, as text lines."""
+  jax_row = next((r for r in rows if r['framework'] == 'mnet_jax' and 'note' not in r), None)
+  if 'note' in limits or jax_row is None:
+    return {'note': f'floors: not measured ({limits.get("note", "mnet_jax failed")})'}
+  result = {'lines': [f'floors (measured in this run: best dot {limits["dot_gflop_s"]:.4g} GFLOP/s, stream '
+                      f'{limits["stream_gb_s"]:.3g} GB/s; bytes: XLA\'s count for the mnet_jax step):']}
+  for name, key, train in (('train step', 'train_img_s', True), ('inference batch', 'infer_img_s', False)):
+    limit = roofline.floor(roofline.matmul_flops(alpha, resolution, batch, train),
+                           jax_row.get('bytes_moved', {}).get('train' if train else 'infer'), limits)
+    step_ms = {f'{r["framework"]} {r["variant"]}'.strip(): 1e3 * batch / r[key] for r in rows if 'note' not in r}
+    result['train' if train else 'infer'] = {**limit, 'step_ms': step_ms}
+    result['lines'].append('  ' + roofline.format_floor(name, limit, step_ms))
+  return result
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
   """Each figure with its ratio to the fastest peer (>1 = mnet_jax-style better: faster/shorter)."""
   best = {}
@@ -231,7 +268,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser = argparse.ArgumentParser(prog='python -m mnet_jax.benchmark', description=__doc__.splitlines()[0])
   parser.add_argument('--alpha', type=float, default=1.0)
   parser.add_argument('--resolution', type=int, default=224)
-  parser.add_argument('--batch', type=int, default=32)
+  parser.add_argument('--batch', type=int, default=None, help='default 32; 64 with --preset study')
+  parser.add_argument('--preset', default='', help='"study": the offline study\'s alpha 1 at 63 px and alpha 0.25 at '
+                      '36 px, batch 64, instead of --alpha/--resolution')
   parser.add_argument('--steps', type=int, default=3, help='timed calls per repeat')
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--rounds', type=int, default=1,
@@ -247,7 +286,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument('--worker', default='', help=argparse.SUPPRESS)
   parser.add_argument('--worker_out', default='', help=argparse.SUPPRESS)
   args = parser.parse_args(argv)
+  if args.batch is None:
+    args.batch = PRESET_BATCH.get(args.preset, 32)
   try:
+    if args.preset and args.preset not in PRESETS:
+      raise ValueError(f'unknown --preset {args.preset!r}; expected {", ".join(PRESETS)}')
     architecture.check_alpha(args.alpha)
     architecture.check_resolution(args.resolution)
     if min(args.batch, args.steps, args.repeats, args.rounds) < 1:
@@ -280,39 +323,49 @@ def main(argv: list[str] | None = None) -> None:
   if 'pytorch' in args.peers and importlib.util.find_spec('torch') is not None:
     import torch
     has_cuda = torch.cuda.is_available()
-  passthrough = [f'--{k}={getattr(args, k)}' for k in ('alpha', 'resolution', 'batch', 'steps', 'repeats',
-                                                       'dtype', 'depthwise_impl')]
   # Every framework runs under the allocator settings `python -m mnet_jax.main` uses: same
   # conditions for all, and the figures are what a training run gets.
   retained = None if args.system_malloc else runtime.retaining_memory_env()
   env = retained or dict(os.environ)
   specs = worker_specs(args, has_cuda)
-  measured: dict[str, list[dict[str, Any]]] = {spec: [] for spec in specs}
-  for round_index in range(args.rounds):
+  configs = PRESETS.get(args.preset, ((args.alpha, args.resolution),))
+  results = []
+  for alpha, resolution in configs:
+    passthrough = [f'--alpha={alpha}', f'--resolution={resolution}']
+    passthrough += [f'--{k}={getattr(args, k)}' for k in ('batch', 'steps', 'repeats', 'dtype', 'depthwise_impl')]
+    measured: dict[str, list[dict[str, Any]]] = {spec: [] for spec in ['limits', *specs]}
+    for round_index in range(args.rounds):
+      for spec in measured:
+        log(f'measuring {spec} (alpha={alpha}, {resolution}px, batch {args.batch}), '
+            f'round {round_index + 1}/{args.rounds} ...')
+        measured[spec].append(run_isolated(spec, passthrough, env))
+        log(json.dumps(measured[spec][-1]))
+    rows = []
     for spec in specs:
-      log(f'measuring {spec} (alpha={args.alpha}, {args.resolution}px, batch {args.batch}), '
-          f'round {round_index + 1}/{args.rounds} ...')
-      measured[spec].append(run_isolated(spec, passthrough, env))
-      log(json.dumps(measured[spec][-1]))
-  rows = []
-  for spec in specs:
-    row = merge_rounds(measured[spec])
-    framework, _, variant = spec.partition(':')
-    rows.append({'framework': framework, 'variant': row.pop('variant', variant or args.dtype), **row})
+      row = merge_rounds(measured[spec])
+      framework, _, variant = spec.partition(':')
+      rows.append({'framework': framework, 'variant': row.pop('variant', variant or args.dtype), **row})
+    limits = best_limits(measured['limits'])
+    floors = step_floors(rows, limits, alpha, resolution, args.batch)
+    results.append({'alpha': alpha, 'resolution': resolution, 'batch': args.batch, 'rows': rows, 'limits': limits,
+                    'floors': floors})
+    print(f'\nMobileNet {alpha:g}-{resolution}, batch {args.batch}:')
+    print(format_table(rows))
+    for line in floors.get('lines', [floors.get('note', '')]):
+      print(line)
   pipeline = {'note': 'skipped: --no_pipeline'} if args.no_pipeline else None
   if pipeline is None:
     log('measuring the input pipeline ...')
     pipeline = input_pipeline_rate(args)
   machine = {'platform': platform.platform(), 'processor': platform.processor(), 'cpus': os.cpu_count(),
              'python': platform.python_version(), 'load_avg_1min': os.getloadavg()[0]}
-  config = {k: getattr(args, k) for k in ('alpha', 'resolution', 'batch', 'steps', 'repeats', 'rounds', 'dtype',
+  config = {k: getattr(args, k) for k in ('preset', 'batch', 'steps', 'repeats', 'rounds', 'dtype',
                                          'depthwise_impl', 'peers')}
   config['glibc_tunables'] = env.get('GLIBC_TUNABLES', '')
-  print(format_table(rows))
   print(f'input pipeline alone: {pipeline}')
   if args.json:
     pathlib.Path(args.json).write_text(json.dumps(
-        {'rows': rows, 'input_pipeline': pipeline, 'machine': machine, 'config': config}, indent=1))
+        {'results': results, 'input_pipeline': pipeline, 'machine': machine, 'config': config}, indent=1))
 
 
 if __name__ == '__main__':

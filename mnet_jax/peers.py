@@ -31,6 +31,7 @@ class Workload:
   infer_single: Callable[[], None]
   compile_s: float  # first train-step call plus first eval calls (tracing/compilation)
   device: str
+  bytes_moved: dict[str, float | None] = dataclasses.field(default_factory=dict)  # 'train'/'infer': XLA's count
 
 
 def keras_workload(alpha: float, resolution: int, batch: int, num_classes: int = 1000) -> Workload:

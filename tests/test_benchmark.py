@@ -19,7 +19,8 @@ def test_tiny_benchmark_prints_the_table_and_writes_json_rows(tmp_path, cache_di
   assert '| mnet_jax | float32, depthwise=auto |' in proc.stdout
   assert 'round 2/2' in proc.stderr
   report = json.loads(out.read_text())
-  (row,) = report['rows']
+  (result,) = report['results']
+  (row,) = result['rows']
   assert row['framework'] == 'mnet_jax' and row['rounds'] == 2
   for key in ('train_img_s', 'infer_img_s', 'latency_ms', 'compile_s'):
     assert row[key] > 0, key
