@@ -125,7 +125,7 @@ def jax_workload(args: argparse.Namespace) -> peers.Workload:
                         {'train': roofline.compiled_bytes(train_fn), 'infer': roofline.compiled_bytes(infer_fn)})
 
 
-def input_pipeline_rate(args: argparse.Namespace) -> dict[str, Any]:
+def input_pipeline_rate(args: argparse.Namespace, resolution: int) -> dict[str, Any]:
   """Images/s of `mnet_jax.input_pipeline.train_batches` alone, or a note why it was skipped."""
   if importlib.util.find_spec('mnet_jax.input_pipeline') is None:
     return {'note': 'skipped: mnet_jax.input_pipeline does not exist yet'}
@@ -140,7 +140,7 @@ def input_pipeline_rate(args: argparse.Namespace) -> dict[str, Any]:
     data = module.get_config().data
     if not data.data_dir:  # keep a prepared embedded dataset out of the working directory
       data.data_dir = str(pathlib.Path(tempfile.gettempdir()) / 'mnet_jax_benchmark_tfds')
-    batches = iter(input_pipeline.train_batches(data, global_batch_size=args.batch, resolution=args.resolution,
+    batches = iter(input_pipeline.train_batches(data, global_batch_size=args.batch, resolution=resolution,
                                                 seed=0, start_step=0))
     for _ in range(3):  # warm-up: builds/caches the dataset, fills the prefetch buffer
       next(batches)
@@ -151,7 +151,8 @@ def input_pipeline_rate(args: argparse.Namespace) -> dict[str, Any]:
     traceback.print_exc()
     return {'note': f'skipped: input pipeline failed: {type(e).__name__}: {e}'.splitlines()[0]}
   rates = sorted(args.batch / s for s in seconds)
-  return {'img_s': statistics.median(rates), 'spread': [rates[0], rates[-1]], 'dataset': data.name}
+  return {'img_s': statistics.median(rates), 'spread': [rates[0], rates[-1]], 'dataset': data.name,
+          'resolution': resolution}
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -356,7 +357,7 @@ def main(argv: list[str] | None = None) -> None:
   pipeline = {'note': 'skipped: --no_pipeline'} if args.no_pipeline else None
   if pipeline is None:
     log('measuring the input pipeline ...')
-    pipeline = input_pipeline_rate(args)
+    pipeline = input_pipeline_rate(args, max(resolution for _, resolution in configs))
   machine = {'platform': platform.platform(), 'processor': platform.processor(), 'cpus': os.cpu_count(),
              'python': platform.python_version(), 'load_avg_1min': os.getloadavg()[0]}
   config = {k: getattr(args, k) for k in ('preset', 'batch', 'steps', 'repeats', 'rounds', 'dtype',
