@@ -30,6 +30,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sweep.seeds = '0,1,2'  # each point once per seed: mean and 95% CI over seeds
   config.sweep.seeds_together = True  # a point's seeds as one vmapped step (far less per-step overhead)
   config.sweep.latency_batch = 32  # throughput batch; latency is measured at batch 1; 0 skips both
+  # The mobile-runtime axis: single-image latency of the float32 TFLite export in LiteRT's interpreter (XNNPACK)
+  # at 1 and 2 threads, once per point (mnet_jax.export). Measured 3.1-3.4 s per point, ~1 min of the study.
+  config.sweep.tflite_latency = True
+  # Also export each seed's model as full-integer int8 (calibrated on 300 training images): its top-1 on the eval
+  # split, and the int8 flatbuffer's latency. Measured 6-13 s per seed (0.25-36 to 1.0-63): ~7 min of the study.
+  config.sweep.tflite_int8 = False
   if arg.preset == 'offline':
     # One recipe for every point, chosen on the validation split (README: "How the offline recipe was chosen").
     config.num_train_steps = 300

@@ -29,14 +29,22 @@ from mnet_jax.fileio import write_atomically
 RUN, POINT = 'run', 'point'
 # The column order of both files; extra keys a caller adds are kept after these.
 COLUMNS = ('kind', 'name', 'seed', 'n', 'seeds', 'alpha', 'resolution', 'rho', 'variant', 'dataset', 'mult_adds',
-           'params', 'top1', 'top1_sd', 'top1_ci95', 'top5', 'top5_sd', 'top5_ci95', 'latency_ms',
-           'latency_ms_spread', 'infer_img_s', 'train_img_s', 'wall_s', 'steps', 'status', 'error')
+           'params', 'top1', 'top1_sd', 'top1_ci95', 'top5', 'top5_sd', 'top5_ci95', 'top1_int8', 'top1_int8_sd',
+           'top1_int8_ci95', 'latency_ms', 'latency_ms_spread', 'infer_img_s', 'tflite_1t_latency_ms',
+           'tflite_1t_latency_ms_spread', 'tflite_2t_latency_ms', 'tflite_2t_latency_ms_spread',
+           'int8_1t_latency_ms', 'int8_1t_latency_ms_spread', 'int8_2t_latency_ms', 'int8_2t_latency_ms_spread',
+           'train_img_s', 'wall_s', 'steps', 'status', 'error')
 RESULTS_JSON = 'results.json'
 RESULTS_CSV = 'results.csv'
 # A point's description, identical in all of its runs.
 _POINT_FIELDS = ('alpha', 'resolution', 'rho', 'variant', 'dataset', 'mult_adds', 'params')
-# Measured once per point (not per seed) by the sweep's latency probe.
+# Measured once per point (not per seed) by the sweep's latency probe (XLA, this machine's first device).
 LATENCY_FIELDS = ('latency_ms', 'latency_ms_spread', 'infer_img_s')
+# Measured once per point by the sweep's LiteRT probe: single-image latency in the TFLite interpreter with
+# XNNPACK at 1 and 2 threads (median and interquartile range), of the float32 and the int8 flatbuffer.
+TFLITE_FIELDS = ('tflite_1t_latency_ms', 'tflite_1t_latency_ms_spread', 'tflite_2t_latency_ms',
+                 'tflite_2t_latency_ms_spread')
+INT8_FIELDS = ('int8_1t_latency_ms', 'int8_1t_latency_ms_spread', 'int8_2t_latency_ms', 'int8_2t_latency_ms_spread')
 # The paper's names for the ablation architectures (Tables 4 and 5).
 _VARIANT_NAMES = {'separable': 'MobileNet', 'conv': 'Conv MobileNet', 'shallow': 'Shallow MobileNet'}
 
@@ -85,8 +93,9 @@ def aggregate(run_rows: list[dict[str, Any]], measured: dict[str, dict[str, Any]
   """One point row per point name among the 'run' rows (other rows are ignored), in first-seen order.
 
   Means, SDs (ddof=1) and 95% Student-t CIs are over the runs that finished (status 'done' with a top-1);
-  `measured` maps a point name to its latency probe ({'latency_ms', 'latency_ms_spread', 'infer_img_s'}),
-  which replaces latency taken from the runs. A seed given twice counts once (the last row wins).
+  `measured` maps a point name to its probes: XLA's ({'latency_ms', 'latency_ms_spread', 'infer_img_s'}),
+  which replaces latency taken from the runs, and LiteRT's (`TFLITE_FIELDS`, `INT8_FIELDS`). A seed given twice
+  counts once (the last row wins).
   """
   groups: dict[str, dict[Any, dict[str, Any]]] = {}
   for row in run_rows:
@@ -106,7 +115,7 @@ def _point_row(name: str, runs: list[dict[str, Any]], measured: dict[str, Any] |
   row = {'kind': POINT, 'name': name, 'seed': None, 'n': len(done),
          'seeds': ','.join(str(r.get('seed')) for r in done) or None}
   row.update({k: runs[0].get(k) for k in _POINT_FIELDS})
-  for metric in ('top1', 'top5'):
+  for metric in ('top1', 'top5', 'top1_int8'):
     summary = stats.mean_ci(values(metric, done)) if values(metric, done) else None
     for key, field in ((metric, 'mean'), (f'{metric}_sd', 'sd'), (f'{metric}_ci95', 'half_width')):
       row[key] = getattr(summary, field) if summary else None
@@ -115,8 +124,10 @@ def _point_row(name: str, runs: list[dict[str, Any]], measured: dict[str, Any] |
   for key in ('latency_ms', 'infer_img_s'):
     row[key] = statistics.median(values(key, runs)) if values(key, runs) else None
   row['latency_ms_spread'] = None
-  if measured:
+  measured = measured or {}
+  if 'latency_ms' in measured:
     row.update({k: measured.get(k) for k in LATENCY_FIELDS})
+  row.update({k: measured.get(k) for k in TFLITE_FIELDS + INT8_FIELDS})
   row['train_img_s'] = statistics.mean(values('train_img_s', done)) if values('train_img_s', done) else None
   row['wall_s'] = sum(values('wall_s', runs)) if values('wall_s', runs) else None  # what the point cost in all
   row['steps'] = int(max(values('steps', done))) if values('steps', done) else None
@@ -245,20 +256,32 @@ def format_fit(fit: stats.LogLinearFit | None, unit: str = 'Mult-Adds') -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-  """The paper's Tables 6/7 layout from the point rows: top-1/top-5 mean ± 95% CI over n seeds, cost, latency,
-  status; then the log-linear fit of top-1 on Mult-Adds; failed runs listed below."""
+  """The paper's Tables 6/7 layout from the point rows: top-1/top-5 mean ± 95% CI over n seeds, cost, latency
+  (XLA; LiteRT and int8 where measured), status; then the log-linear fit of top-1 on Mult-Adds; failed runs."""
   points = point_rows(rows)
   datasets = sorted({str(r['dataset']) for r in points if r.get('dataset')})
+  # The LiteRT columns only where the probe ran: 1 / 2 interpreter threads, float32 and int8.
+  tflite = any(numeric(r, 'tflite_1t_latency_ms') is not None for r in points)
+  int8 = any(numeric(r, 'top1_int8') is not None or numeric(r, 'int8_1t_latency_ms') is not None for r in points)
   header = (f'{"Model":<26} {"Top-1 (%)":>12} {"n":>2} {"Top-5 (%)":>12} {"Million Mult-Adds":>18} '
-            f'{"Million Parameters":>19} {"Latency (ms)":>13} Status')
+            f'{"Million Parameters":>19} {"Latency (ms)":>13} '
+            + (f'{"LiteRT 1/2 thr (ms)":>20} ' if tflite else '')
+            + (f'{"int8 Top-1 (%)":>14} {"int8 1/2 thr (ms)":>18} ' if int8 else '') + 'Status')
   title = f'Results on {", ".join(datasets)}' if datasets else 'Results'
   lines = [f'{title} (mean ± 95% CI over n seeds, Student t)', header, '-' * len(header)]
+
+  def threads(row: dict[str, Any], prefix: str) -> str:
+    one, two = numeric(row, f'{prefix}_1t_latency_ms'), numeric(row, f'{prefix}_2t_latency_ms')
+    return '-' if one is None or two is None else f'{one:.3g} / {two:.3g}'
+
   for r in points:
     latency = '-' if numeric(r, 'latency_ms') is None else f'{r["latency_ms"]:.2f}'
     lines.append(f'{model_name(r["alpha"], r["resolution"], r.get("variant", "separable")):<26} '
                  f'{mean_with_ci(r, "top1"):>12} {r.get("n", "-")!s:>2} {mean_with_ci(r, "top5"):>12} '
                  f'{millions(r.get("mult_adds")):>18} {millions(r.get("params")):>19} {latency:>13} '
-                 f'{r.get("status", "?")}')
+                 + (f'{threads(r, "tflite"):>20} ' if tflite else '')
+                 + (f'{mean_with_ci(r, "top1_int8"):>14} {threads(r, "int8"):>18} ' if int8 else '')
+                 + f'{r.get("status", "?")}')
   lines.append(format_fit(log_linear_fit(points)))
   failed_runs = [r for r in sort_rows(rows) if r.get('kind') == RUN and r.get('status') == 'failed']
   named = {r['name'] for r in failed_runs}

@@ -22,10 +22,11 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from mnet_jax import architecture, claims, cost, input_pipeline, plot, preemption, report, train
+from mnet_jax import architecture, claims, cost, input_pipeline, plot, preemption, report, train, warm_start
 from mnet_jax.fileio import atomic_write_json, read_json, run_path
 
 _NAME = re.compile(r'(?:(?P<variant>[a-z]+)_)?a(?P<alpha>[0-9.]+)_r(?P<resolution>[0-9]+)')
+TFLITE_SECONDS = 0.5  # per thread count: the interpreter's latency is steady, hundreds of calls even at 1.0-63
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,7 +146,7 @@ def _row(point: Point, seed: int, run_config: ml_collections.ConfigDict, num_cla
          'resolution': point.resolution, 'rho': point.resolution / 224, 'variant': point.variant,
          'dataset': run_config.data.name, 'mult_adds': model_cost.mult_adds, 'params': model_cost.params,
          'top1': None, 'top5': None, 'train_img_s': None, 'wall_s': None, 'first_step_s': None, 'steps_s': None,
-         'eval_s': None, 'steps': None,
+         'eval_s': None, 'steps': None, 'top1_int8': None,
          'status': 'pending', 'error': None}
   row.update({k: v for k, v in (fields or {}).items() if k in row and k not in ('kind', 'name', 'seed')})
   return row
@@ -213,6 +214,86 @@ def measured_latency(config: ml_collections.ConfigDict, point: Point, workdir: e
   return timing
 
 
+def _tflite_probe_needed(config: ml_collections.ConfigDict, measured: dict[str, Any]) -> tuple[bool, bool]:
+  """(float, int8): which parts of the LiteRT probe the config asks for and `measured` still lacks."""
+  want_float, want_int8 = config.sweep.get('tflite_latency', False), config.sweep.get('tflite_int8', False)
+  return (want_float and report.TFLITE_FIELDS[0] not in measured,
+          want_int8 and report.INT8_FIELDS[0] not in measured)
+
+
+def measured_tflite(config: ml_collections.ConfigDict, point: Point, seeds: list[int],
+                    workdir: epath.Path) -> dict[str, Any] | None:
+  """The point's LiteRT (TFLite) probe, measured once (after its runs) and kept in `<point>/tflite.json`.
+
+  `sweep.tflite_latency`: single-image latency of the float32 flatbuffer in the interpreter with XNNPACK at 1
+  and 2 threads, with constant weights as the XLA probe (speed does not depend on their values).
+  `sweep.tflite_int8`: each seed's int8 flatbuffer (`export`, calibrated on training images), its top-1 on the
+  eval split into the run dir's `int8.json`, and the first seed's int8 latency. A probe that fails is logged
+  and left for the next run of the sweep: the study's table does not depend on it.
+  """
+  from mnet_jax import export  # TensorFlow's converter and LiteRT: only where the axis is on
+
+  path = workdir / point.name / 'tflite.json'
+  measured = read_json(path) if path.exists() else {}
+  want_float, want_int8 = _tflite_probe_needed(config, measured)
+  if not (want_float or want_int8):
+    return measured or None
+  run = point_config(config, point)
+  fields = {'alpha': point.alpha, 'variant': point.variant, 'min_depth': run.model.min_depth,
+            'activation': run.model.activation, 'bn_epsilon': run.model.bn_epsilon,
+            'num_classes': input_pipeline.dataset_info(run.data).num_classes}
+  start = time.perf_counter()
+  try:
+    if want_float:
+      model = train.create_model(run.model, fields['num_classes'])
+      shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct(
+          (1, architecture.MIN_RESOLUTION, architecture.MIN_RESOLUTION, 3), jnp.float32))
+      constant = jax.tree.map(lambda s: np.full(s.shape, 0.01, s.dtype), shapes)
+      content = export.Converted(fields, constant, point.resolution).tflite()
+      measured.update(_latencies('tflite', content))
+    if want_int8:
+      int8_latency, images = None, None
+      for seed in seeds:
+        directory = run_dir(workdir, point, seed)
+        if finished_row(directory) is None:
+          continue
+        weights = warm_start.load(str(directory))
+        images = images or export.calibration_images(run.data, point.resolution, export.CALIBRATION_IMAGES)
+        content = export.Converted(fields, {'params': weights.params, 'batch_stats': weights.batch_stats},
+                                   point.resolution).tflite_int8(images)
+        accuracy = export.tflite_accuracy(content, run.data, point.resolution)
+        if jax.process_index() == 0:
+          atomic_write_json(directory / 'int8.json', {'top1_int8': accuracy['top1'], 'top5_int8': accuracy['top5'],
+                                                      'eval_examples': accuracy['eval_examples']})
+        int8_latency = int8_latency or _latencies('int8', content)
+      measured.update(int8_latency or {})
+  except Exception as e:  # noqa: BLE001 - a missing runtime or a converter failure must not sink the table
+    train.log(f'[sweep] {point.name}: LiteRT probe failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); '
+              'rerun the sweep to retry it')
+    return measured or None
+  finally:
+    jax.clear_caches()
+  measured['tflite_probe_s'] = measured.get('tflite_probe_s', 0.0) + time.perf_counter() - start
+  times = ', '.join(f'{kind} {measured[f"{kind}_1t_latency_ms"]:.3g} / {measured[f"{kind}_2t_latency_ms"]:.3g} ms'
+                    for kind in ('tflite', 'int8') if f'{kind}_1t_latency_ms' in measured)
+  train.log(f'[sweep] {point.name}: LiteRT at 1 / 2 threads: {times} (probe {time.perf_counter() - start:.1f} s)')
+  if jax.process_index() == 0:
+    atomic_write_json(path, measured)
+  return measured
+
+
+def _latencies(prefix: str, content: bytes) -> dict[str, Any]:
+  """`<prefix>_<n>t_latency_ms` and its spread at each thread count of `export.THREADS`."""
+  from mnet_jax import export
+
+  timings = {}
+  for threads in export.THREADS:
+    timing = export.measure_latency(content, threads, min_seconds=TFLITE_SECONDS)
+    timings[f'{prefix}_{threads}t_latency_ms'] = timing['latency_ms']
+    timings[f'{prefix}_{threads}t_latency_ms_spread'] = timing['latency_ms_spread']
+  return timings
+
+
 def finished_row(directory: epath.Path, any_status: bool = False) -> dict[str, Any] | None:
   """The row a run left behind: only a finished one, unless `any_status`."""
   path = directory / 'row.json'
@@ -248,10 +329,15 @@ def collect_rows(config: ml_collections.ConfigDict, workdir: epath.Path, points:
   for point in _points_on_disk(workdir):
     if point not in points:
       runs += [read_json(p) for p in sorted((workdir / point.name).glob('seed*/row.json'))]
-  for point in {parse_point(r['name']) for r in runs}:
-    path = workdir / point.name / 'latency.json'
+  for row in runs:  # the int8 export's top-1, where the LiteRT probe measured it
+    path = run_dir(workdir, parse_point(row['name']), row['seed']) / 'int8.json'
     if path.exists():
-      measured[point.name] = read_json(path)
+      row['top1_int8'] = read_json(path).get('top1_int8')
+  for point in {parse_point(r['name']) for r in runs}:
+    for probe in ('latency.json', 'tflite.json'):  # XLA's, LiteRT's
+      path = workdir / point.name / probe
+      if path.exists():
+        measured.setdefault(point.name, {}).update(read_json(path))
   return report.aggregate(runs, measured) + runs
 
 
@@ -285,6 +371,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> int:
   for point in selected:
     if all(finished_row(run_dir(workdir, point, s)) for s in seeds):
       measured_latency(config, point, workdir)
+      measured_tflite(config, point, seeds, workdir)
   table = collect_rows(config, workdir, points, seeds, num_classes)
   if jax.process_index() == 0:
     report.write_results(workdir, table)

@@ -188,3 +188,24 @@ def test_ablation_bars_carry_ci(tmp_path):
           for t in ((0.60, 0.62), (0.64, 0.65, 0.66))]
   assert lengths == pytest.approx(sorted(200 * h for h in half))  # the shallow model's single seed: no bar
   assert any('(n=3)' in t.get_text() for t in ax.texts)
+
+
+def test_litert_latency_figure_has_ci_bars_and_interquartile_spreads(tmp_path):
+  rows = _seeded_results(tmp_path)
+  spreads = {}
+  for i, row in enumerate(r for r in rows if r['kind'] == 'point'):
+    row['tflite_1t_latency_ms'] = 0.1 * (i + 1)
+    row['tflite_1t_latency_ms_spread'] = spreads[row['name']] = [0.1 * (i + 1) - 0.01, 0.1 * (i + 1) + 0.02]
+  axis = next(a for a in plot.AXES if a.field == 'tflite_1t_latency_ms')
+  ax = plot._tradeoff_figure(rows, axis, 'toy').axes[0]
+  vertical, horizontal = [], []
+  for container in ax.containers:
+    for (x0, y0), (x1, y1) in container.lines[2][0].get_segments():
+      (vertical if x0 == x1 else horizontal).append(((x0, y0), (x1, y1)))
+  assert len(vertical) == 3  # the points of n >= 2, as on the other figures
+  assert sorted((round(x0, 6), round(x1, 6)) for (x0, _), (x1, _) in horizontal) == sorted(
+      (round(low, 6), round(high, 6)) for low, high in spreads.values())
+  assert 'LiteRT' in ax.get_xlabel() and '1 thread' in ax.get_xlabel()
+  for row in rows:
+    row['tflite_1t_latency_ms'] = None
+  assert 'top1_vs_tflite_latency.png' not in {p.name for p in plot.make_figures(rows, tmp_path)}

@@ -298,7 +298,8 @@ def sweep_command(workdir, data_dir, cache) -> list[str]:
           f'--workdir={workdir}', '--config.data.name=textured_shapes/tiny', f'--config.data.data_dir={data_dir}',
           '--config.sweep.alphas=0.25', '--config.sweep.resolutions=48,40,32', '--config.num_train_steps=8',
           '--config.sweep.seeds=0', '--config.checkpoint_every_steps=4', '--config.log_every_steps=4',
-          '--config.sweep.latency_batch=0', f'--config.compilation_cache_dir={cache}']
+          '--config.sweep.latency_batch=0', '--config.sweep.tflite_latency=False',
+          f'--config.compilation_cache_dir={cache}']
 
 
 def test_sweep_carries_on_past_a_failing_point_and_reruns_only_the_failed_and_the_killed(tiny_data_dir, cache_dir,

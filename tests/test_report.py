@@ -260,3 +260,24 @@ def test_table_shows_mean_ci_n_the_fit_and_failed_runs():
   slope_ci = scipy_stats.t.ppf(0.975, 2) * reference.stderr
   assert (f'4 separable point means: {np.polyfit(u, y, 1)[0]:+.1f} ± {slope_ci:.1f} points per 10× Mult-Adds '
           f'(95% CI), R² {reference.rvalue ** 2:.3f}') in text
+
+
+def test_aggregate_takes_the_litert_probe_and_summarises_int8_top1():
+  int8 = (0.55, 0.58, 0.66)
+  runs = [_run('a1_r64', s, t, alpha=1.0, latency_ms=ms, top1_int8=q)
+          for s, (t, ms, q) in enumerate(zip(SEED_TOP1, (3.0, 9.0, 4.0), int8, strict=True))]
+  runs.append(_run('a1_r64', 3, None, 'failed', alpha=1.0, top1_int8=0.9))  # a failed seed counts nowhere
+  litert = {'tflite_1t_latency_ms': 0.9, 'tflite_1t_latency_ms_spread': [0.85, 0.95], 'tflite_2t_latency_ms': 0.6,
+            'tflite_2t_latency_ms_spread': [0.5, 0.7], 'tflite_probe_s': 3.1}
+  (point,) = report.aggregate(runs, {'a1_r64': litert})
+  assert point['latency_ms'] == 4.0  # no XLA probe: still the runs' median
+  assert {k: point[k] for k in report.TFLITE_FIELDS} == {k: litert[k] for k in report.TFLITE_FIELDS}
+  assert all(point[k] is None for k in report.INT8_FIELDS) and 'tflite_probe_s' not in point
+  assert point['top1_int8'] == pytest.approx(statistics.mean(int8))
+  assert point['top1_int8_sd'] == pytest.approx(statistics.stdev(int8))
+  assert point['top1_int8_ci95'] == pytest.approx(_t_half_width(int8))
+  text = report.format_table(runs + [point])
+  line = next(line for line in text.splitlines() if line.startswith('1.0 MobileNet-64 '))
+  assert ' 0.9 / 0.6 ' in line and f'{100 * statistics.mean(int8):.1f} ± {100 * _t_half_width(int8):.1f}' in line
+  assert 'LiteRT 1/2 thr (ms)' in text and 'int8 Top-1 (%)' in text
+  assert 'LiteRT' not in report.format_table(report.aggregate(runs))  # columns only where measured

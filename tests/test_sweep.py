@@ -42,10 +42,11 @@ def smoke_command(workdir, data_dir, cache_dir, *extra) -> list[str]:
 
 @pytest.fixture(scope='module')
 def together_run(tiny_data_dir, cache_dir, tmp_path_factory):
-  """An uninterrupted 2-seed smoke study (seeds trained together)."""
+  """An uninterrupted 2-seed smoke study (seeds trained together), with the LiteRT axis, int8 included."""
   workdir = tmp_path_factory.mktemp('together')
-  result = subprocess.run(smoke_command(workdir, tiny_data_dir, cache_dir), env=subprocess_env(cache_dir),
-                          capture_output=True, text=True, timeout=600)
+  command = smoke_command(workdir, tiny_data_dir, cache_dir, '--config.sweep.tflite_latency=True',
+                          '--config.sweep.tflite_int8=True')
+  result = subprocess.run(command, env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir, result.stdout
 
@@ -81,10 +82,32 @@ def test_smoke_study_writes_run_and_point_rows_figures_and_claims(together_run):
     assert json.loads((workdir / 'a0.25_r48' / f'seed{seed}' / 'config.json').read_text())['seed'] == seed
 
 
+def test_smoke_study_writes_the_litert_latency_and_int8_columns(together_run):
+  workdir, stdout = together_run
+  rows = json.loads((workdir / 'results.json').read_text())
+  point = next(r for r in rows if r['kind'] == 'point')
+  for prefix in ('tflite', 'int8'):  # float32 and int8 flatbuffers, at 1 and 2 interpreter threads
+    for threads in (1, 2):
+      key = f'{prefix}_{threads}t_latency_ms'
+      low, high = point[f'{key}_spread']
+      assert 0 < low <= point[key] <= high < 1000, key
+  # The int8 top-1 per seed (from each seed's own export) and their mean ± CI, as top-1's.
+  runs = [r for r in rows if r['kind'] == 'run']
+  int8 = [json.loads((workdir / 'a0.25_r48' / f'seed{s}' / 'int8.json').read_text())['top1_int8'] for s in (0, 1)]
+  assert [r['top1_int8'] for r in runs] == int8 and all(0 <= t <= 1 for t in int8)
+  assert point['top1_int8'] == pytest.approx(statistics.mean(int8))
+  assert point['top1_int8_ci95'] == pytest.approx(12.7062047 * statistics.stdev(int8) / 2 ** 0.5)
+  header = next(csv.reader((workdir / 'results.csv').open()))
+  assert {'tflite_1t_latency_ms', 'tflite_2t_latency_ms_spread', 'int8_1t_latency_ms', 'top1_int8'} <= set(header)
+  assert (workdir / 'top1_vs_tflite_latency.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert 'LiteRT 1/2 thr (ms)' in stdout and 'int8 Top-1 (%)' in stdout
+
+
 def test_killed_two_seed_point_resumes_exactly_and_a_rerun_skips_finished_runs(together_run, tiny_data_dir,
                                                                                 cache_dir, tmp_path):
   reference, _ = together_run
-  command, env = smoke_command(tmp_path, tiny_data_dir, cache_dir), subprocess_env(cache_dir)
+  command = smoke_command(tmp_path, tiny_data_dir, cache_dir, '--config.sweep.tflite_latency=False')
+  env = subprocess_env(cache_dir)
   # The seeds' checkpoints are finalised asynchronously, in either order: resume needs the step in both.
   sigkill_once_written(command, env, *(tmp_path / 'a0.25_r48' / f'seed{seed}' / 'checkpoints' / '4' for seed in (0, 1)),
                        timeout=300)
@@ -111,7 +134,8 @@ def test_seeds_trained_together_match_a_seed_trained_alone(together_run, tiny_da
   config = REPO / 'experiments' / 'sweep.py'
   command = main_command(tmp_path, overrides)
   command[3] = f'--config={config}:smoke'  # the sweep's recipe, run as a single point: sweep.only
-  command += ['--config.sweep.points=a0.25_r48', '--config.sweep.seeds=1', '--config.sweep.latency_batch=0']
+  command += ['--config.sweep.points=a0.25_r48', '--config.sweep.seeds=1', '--config.sweep.latency_batch=0',
+              '--config.sweep.tflite_latency=False']
   alone = subprocess.run(command, env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=600)
   assert alone.returncode == 0, alone.stderr[-3000:]
   assert '8 steps of 32 on 1 device' in alone.stdout  # not vmapped
