@@ -31,9 +31,7 @@ import io
 import json
 import os
 import re
-import shutil
 import sys
-import tempfile
 import traceback
 import zipfile
 from collections import Counter
@@ -44,6 +42,7 @@ import numpy as np
 
 from mnet_jax import architecture, cli
 from mnet_jax.cli import one_line
+from mnet_jax.fileio import staged_directory
 
 FORMAT_VERSION = 1
 # What both sources' weights were trained with: slim's `mobilenet_v1_arg_scope` (ReLU6, BatchNorm with
@@ -327,15 +326,7 @@ def save(imported: Imported, out_dir: str, overwrite: bool = False) -> None:
 
   out = os.path.abspath(out_dir)
   _check_output(out, overwrite)
-  try:
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(out), prefix=f'.{os.path.basename(out)}.', suffix='.tmp')
-  except OSError as e:
-    raise ConvertError(f'cannot write {out}: {e.strerror or e}') from e
-  try:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the model from collaborators
+  with staged_directory(out, ConvertError) as tmp:
     ocp.PyTreeCheckpointer().save(os.path.join(tmp, 'variables'), imported.variables)
     info = {'format': FORMAT_VERSION, **imported.model_fields(), 'source': imported.source,
             'source_path': imported.source_path, 'background_dropped': imported.background_dropped,
@@ -343,18 +334,6 @@ def save(imported: Imported, out_dir: str, overwrite: bool = False) -> None:
     with open(os.path.join(tmp, 'model.json'), 'w') as f:
       json.dump(info, f, indent=2, sort_keys=True)
       f.write('\n')
-    if os.path.isdir(out) and os.listdir(out):  # --overwrite: the old one goes only once the new one is complete
-      os.rename(out, tmp + '.old')
-      try:
-        os.rename(tmp, out)
-      except OSError:
-        os.rename(tmp + '.old', out)
-        raise
-      shutil.rmtree(tmp + '.old')
-    else:
-      os.replace(tmp, out)  # onto an empty directory, or none
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_info(path: str) -> dict[str, Any]:

@@ -37,9 +37,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 import sys
-import tempfile
 import time
 import traceback
 import warnings
@@ -50,6 +48,7 @@ import numpy as np
 
 from mnet_jax import cli, folding
 from mnet_jax.cli import one_line
+from mnet_jax.fileio import staged_directory
 
 FORMATS = ('saved_model', 'tflite', 'int8')
 DEFAULT_FORMATS = ('saved_model', 'tflite')
@@ -351,20 +350,6 @@ def check_output(out: str, overwrite: bool) -> None:
     raise ExportError(f'cannot write {out}: permission denied on {existing}')
 
 
-def _publish(tmp: str, out: str) -> None:
-  """Rename the finished `tmp` to `out`; an old `out` (--overwrite) goes only once the new one is in place."""
-  if os.path.isdir(out) and os.listdir(out):
-    os.rename(out, tmp + '.old')
-    try:
-      os.rename(tmp, out)
-    except OSError:
-      os.rename(tmp + '.old', out)
-      raise
-    shutil.rmtree(tmp + '.old')
-  else:
-    os.replace(tmp, out)
-
-
 def export(source: Source, out: str, formats: Iterable[str] = DEFAULT_FORMATS,
            calibration_count: int = CALIBRATION_IMAGES,
            evaluate: bool = True, overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -382,15 +367,7 @@ def export(source: Source, out: str, formats: Iterable[str] = DEFAULT_FORMATS,
             'flax_top1': source.flax_top1}
   start = time.perf_counter()
   converted = Converted(source.fields, source.variables, source.resolution)
-  try:
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    tmp = tempfile.mkdtemp(dir=os.path.dirname(out), prefix=f'.{os.path.basename(out)}.', suffix='.tmp')
-  except OSError as e:
-    raise ExportError(f'cannot write {out}: {e.strerror or e}') from None
-  try:
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the export from collaborators
+  with staged_directory(out, ExportError) as tmp:
     if 'saved_model' in formats:
       import tensorflow as tf
 
@@ -424,9 +401,6 @@ def export(source: Source, out: str, formats: Iterable[str] = DEFAULT_FORMATS,
     with open(os.path.join(tmp, REPORT), 'w') as f:
       json.dump(report, f, indent=2, sort_keys=True)
       f.write('\n')
-    _publish(tmp, out)
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
   return report
 
 

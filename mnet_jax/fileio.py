@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from etils import epath
@@ -48,6 +51,35 @@ def write_atomically(path: str | os.PathLike, data: bytes) -> None:
     pass
   finally:
     os.close(dir_fd)
+
+
+@contextlib.contextmanager
+def staged_directory(out: str, error: Callable[[str], Exception]) -> Iterator[str]:
+  """A temporary sibling of the local directory `out` to fill in the `with` block; renamed to `out` when the
+  block completes (a non-empty `out` goes only once the new one is in place), removed if it fails: `out` is
+  never half written. `error(message)` is raised when the sibling cannot be created."""
+  try:
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(out), prefix=f'.{os.path.basename(out)}.', suffix='.tmp')
+  except OSError as e:
+    raise error(f'cannot write {out}: {e.strerror or e}') from e
+  try:
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the output from collaborators
+    yield tmp
+    if os.path.isdir(out) and os.listdir(out):
+      os.rename(out, tmp + '.old')
+      try:
+        os.rename(tmp, out)
+      except OSError:
+        os.rename(tmp + '.old', out)
+        raise
+      shutil.rmtree(tmp + '.old')
+    else:
+      os.replace(tmp, out)  # onto an empty directory, or none
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
