@@ -53,6 +53,13 @@ def _phase_geometry(height: int, width: int, kh: int, kw: int, stride: int) -> t
   return out_h, out_w, out_h + (kh - 1) // stride, out_w + (kw - 1) // stride, lo_h, lo_w
 
 
+def _pad_same(x: jax.Array, kh: int, kw: int, stride: int) -> jax.Array:
+  """x 'SAME'-padded and rounded up to whole polyphase rows: the array `_phases` reshapes."""
+  _, height, width, _ = x.shape
+  _, _, rows_h, rows_w, lo_h, lo_w = _phase_geometry(height, width, kh, kw, stride)
+  return jnp.pad(x, ((0, 0), (lo_h, stride * rows_h - height - lo_h), (lo_w, stride * rows_w - width - lo_w), (0, 0)))
+
+
 def _phases(x: jax.Array, kh: int, kw: int, stride: int) -> tuple[jax.Array, tuple[int, ...]]:
   """'SAME'-pad x and split it into stride x stride polyphase components.
 
@@ -62,10 +69,8 @@ def _phases(x: jax.Array, kh: int, kw: int, stride: int) -> tuple[jax.Array, tup
   strided gathers, and the transpose (the input gradient) is a sum of plain pads.
   """
   n, height, width, c = x.shape
-  geometry = out_h, out_w, rows_h, rows_w, lo_h, lo_w = _phase_geometry(height, width, kh, kw, stride)
-  padded = jnp.pad(x, ((0, 0), (lo_h, stride * rows_h - height - lo_h),
-                       (lo_w, stride * rows_w - width - lo_w), (0, 0)))
-  return padded.reshape(n, rows_h, stride, rows_w, stride, c), geometry
+  geometry = _, _, rows_h, rows_w, _, _ = _phase_geometry(height, width, kh, kw, stride)
+  return _pad_same(x, kh, kw, stride).reshape(n, rows_h, stride, rows_w, stride, c), geometry
 
 
 def _windows(phases: jax.Array, kh: int, kw: int, stride: int, out_h: int, out_w: int):
@@ -83,9 +88,10 @@ def compiled_kernel_grad_applies(dtype: Any) -> bool:
           and importlib.util.find_spec('numba') is not None)
 
 
-def _shifted_forward(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
+def _shifted_forward(padded: jax.Array, kernel: jax.Array, stride: int, out_h: int, out_w: int) -> jax.Array:
+  n, height, width, c = padded.shape
   kh, kw = kernel.shape[:2]
-  phases, (out_h, out_w, *_) = _phases(x, kh, kw, stride)
+  phases = padded.reshape(n, height // stride, stride, width // stride, stride, c)
   out = None
   for i, j, window in _windows(phases, kh, kw, stride, out_h, out_w):
     term = window * kernel[i, j, 0]
@@ -93,28 +99,37 @@ def _shifted_forward(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   return out
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def depthwise_conv_shifted(x: jax.Array, kernel: jax.Array, stride: int) -> jax.Array:
   """Depthwise 'SAME' convolution as a sum of shifted slices times taps (fast on XLA:CPU).
 
   Autodiff of pad + strided slices gives a slow backward on XLA:CPU, so the gradient is
   written by hand (see `_shifted_backward`).
   """
-  return _shifted_forward(x, kernel, stride)
+  return _depthwise_shifted(x, kernel, stride, x.shape[1:3])
 
 
-def _shifted_forward_with_residuals(x, kernel, stride):
-  return _shifted_forward(x, kernel, stride), (x, kernel)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _depthwise_shifted(x: jax.Array, kernel: jax.Array, stride: int, size: tuple[int, int]) -> jax.Array:
+  return _depthwise_shifted_forward(x, kernel, stride, size)[0]
 
 
-def _kernel_grad_scanned(x, grad, kh, kw, stride):
+def _depthwise_shifted_forward(x, kernel, stride, size):
+  # The padded input is the one residual: the kernel gradient reads it, so the unpadded
+  # activation need not be written to memory as well (one pass less per layer).
+  padded = _pad_same(x, *kernel.shape[:2], stride)
+  return _shifted_forward(padded, kernel, stride, -(-size[0] // stride), -(-size[1] // stride)), (padded, kernel)
+
+
+def _kernel_grad_scanned(padded, grad, kh, kw, stride):
   """The kernel gradient, nine reductions over (N, H, W), in XLA one image at a time.
 
   Done over the whole batch each reduction streams both tensors from memory, while a scan
   over images keeps one image's window and gradient in cache for all nine (measured ~2x
   faster per layer here).
   """
-  phases, (out_h, out_w, *_) = _phases(x, kh, kw, stride)
+  n, height, width, c = padded.shape
+  phases = padded.reshape(n, height // stride, stride, width // stride, stride, c)
+  out_h, out_w = grad.shape[1:3]
 
   def accumulate(total, image_and_grad):
     image, image_grad = image_and_grad[0][None], image_and_grad[1][None]
@@ -122,37 +137,37 @@ def _kernel_grad_scanned(x, grad, kh, kw, stride):
             for _, _, window in _windows(image, kh, kw, stride, out_h, out_w)]
     return total + jnp.stack(taps), None
 
-  total, _ = jax.lax.scan(accumulate, jnp.zeros((kh * kw, x.shape[-1]), grad.dtype), (phases, grad))
-  return total.reshape(kh, kw, 1, x.shape[-1])
+  total, _ = jax.lax.scan(accumulate, jnp.zeros((kh * kw, c), grad.dtype), (phases, grad))
+  return total.reshape(kh, kw, 1, c)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
-def _kernel_grad_compiled(x, grad, stride):
-  """The 3x3 kernel gradient as `cpu_kernels`' single compiled pass."""
+def _kernel_grad_compiled(padded, grad, stride):
+  """The 3x3 kernel gradient as `cpu_kernels`' single compiled pass, on the padded input."""
   from mnet_jax import cpu_kernels  # imports numba: only where it is used
-  top, left = same_padding(x.shape[1], 3, stride)[0], same_padding(x.shape[2], 3, stride)[0]
-  return cpu_kernels.depthwise_kernel_grad(x, grad, stride, top, left)
+  return cpu_kernels.depthwise_kernel_grad(padded, grad, stride, 0, 0)
 
 
 @_kernel_grad_compiled.defjvp
 def _kernel_grad_compiled_jvp(stride, primals, tangents):
-  # Bilinear in (x, grad); the tangent goes through XLA's formulation, which JAX can
+  # Bilinear in (padded, grad); the tangent goes through XLA's formulation, which JAX can
   # differentiate and transpose further (the compiled call it cannot).
-  (x, grad), (x_dot, grad_dot) = primals, tangents
-  return (_kernel_grad_compiled(x, grad, stride),
-          _kernel_grad_scanned(x_dot, grad, 3, 3, stride) + _kernel_grad_scanned(x, grad_dot, 3, 3, stride))
+  (padded, grad), (padded_dot, grad_dot) = primals, tangents
+  return (_kernel_grad_compiled(padded, grad, stride),
+          _kernel_grad_scanned(padded_dot, grad, 3, 3, stride) + _kernel_grad_scanned(padded, grad_dot, 3, 3, stride))
 
 
-def _shifted_backward(stride, residuals, grad):
+def _shifted_backward(stride, size, residuals, grad):
   """Input gradient per polyphase component; the kernel gradient compiled or scanned."""
-  x, kernel = residuals
+  padded, kernel = residuals
   kh, kw = kernel.shape[:2]
-  n, height, width, c = x.shape
+  n, c = padded.shape[0], padded.shape[-1]
+  height, width = size
   out_h, out_w, rows_h, rows_w, lo_h, lo_w = _phase_geometry(height, width, kh, kw, stride)
   if (kh, kw) == (3, 3) and compiled_kernel_grad_applies(grad.dtype):
-    kernel_grad = _kernel_grad_compiled(x, grad, stride)
+    kernel_grad = _kernel_grad_compiled(padded, grad, stride)
   else:
-    kernel_grad = _kernel_grad_scanned(x, grad, kh, kw, stride)
+    kernel_grad = _kernel_grad_scanned(padded, grad, kh, kw, stride)
   kernel_grad = kernel_grad.astype(kernel.dtype)
 
   # Tap (i, j) sent phase (i % s, j % s) at offset (i // s, j // s) to the output, so its
@@ -171,7 +186,7 @@ def _shifted_backward(stride, residuals, grad):
   return padded_grad[:, lo_h:lo_h + height, lo_w:lo_w + width, :], kernel_grad
 
 
-depthwise_conv_shifted.defvjp(_shifted_forward_with_residuals, _shifted_backward)
+_depthwise_shifted.defvjp(_depthwise_shifted_forward, _shifted_backward)
 
 
 def depthwise_conv(x: jax.Array, kernel: jax.Array, stride: int, impl: str = 'auto') -> jax.Array:
