@@ -122,3 +122,15 @@ def layers(
     size, channels = out_size, out_channels
   result.append(Layer(CLASSIFIER_NAME, 'fc', 1, channels, num_classes, 1, 1))
   return result
+
+
+def network_position(module: str) -> int:
+  """Where a model module sits from input to output ('stem' 0 ... 'classifier' last), in whichever variant
+  has it; a layer's BatchNorm ('block3_pointwise_bn') sits with its convolution. Orders variables so that
+  the first mismatch named is the one nearest the input."""
+  name = module.removesuffix('_bn')
+  for variant in VARIANTS:
+    names = [layer.name for layer in layers(1.0, MIN_RESOLUTION, variant)]
+    if name in names:
+      return names.index(name)
+  raise ValueError(f'{module!r} is not a layer of any MobileNet variant')

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import traceback
+from collections.abc import Callable
 
 USAGE_ERROR = 2
 
@@ -18,3 +21,20 @@ def one_line(error: BaseException) -> str:
   """The first non-empty line of an error's message (library errors often continue with details)."""
   lines = [line.strip() for line in str(error).splitlines() if line.strip()]
   return lines[0] if lines else type(error).__name__
+
+
+def run_reporting_errors(body: Callable[[], int], verbose: bool) -> int:
+  """body()'s exit code; an error it raises becomes one line on stderr: exit 2 for a ValueError or
+  OSError (bad input, a failed write), exit 1 for anything else. --verbose adds the traceback."""
+  try:
+    return body()
+  except (ValueError, OSError) as e:
+    if verbose:
+      traceback.print_exc()
+    print(f'error: {one_line(e)}', file=sys.stderr)
+    return USAGE_ERROR
+  except Exception as e:  # noqa: BLE001 - one line for users, --verbose for developers
+    if verbose:
+      traceback.print_exc()
+    print(f'error: {type(e).__name__}: {one_line(e)} (rerun with --verbose for the traceback)', file=sys.stderr)
+    return 1

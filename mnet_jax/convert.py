@@ -32,7 +32,6 @@ import json
 import os
 import re
 import sys
-import traceback
 import zipfile
 from collections import Counter
 from collections.abc import Callable
@@ -42,7 +41,7 @@ import numpy as np
 
 from mnet_jax import architecture, cli
 from mnet_jax.cli import one_line
-from mnet_jax.fileio import staged_directory
+from mnet_jax.fileio import check_output_directory, staged_directory
 
 FORMAT_VERSION = 1
 # What both sources' weights were trained with: slim's `mobilenet_v1_arg_scope` (ReLU6, BatchNorm with
@@ -266,10 +265,9 @@ def _convert(source: _Source, alpha: float | None, num_classes: int | None,
                        f'not the {num_classes} requested')
 
   abstract = flax.traverse_util.flatten_dict(_abstract_variables(alpha, file_classes))
-  order = [layer.name for layer in architecture.layers(alpha, architecture.MIN_RESOLUTION)]
   values, used = {}, set()
   # In network order, so that the first mismatch reported is the first in the file's network too.
-  for path in sorted(abstract, key=lambda p: (order.index(p[1].removesuffix('_bn')), p)):
+  for path in sorted(abstract, key=lambda p: (architecture.network_position(p[1]), p)):
     collection, module, leaf = path
     name, shape = source.name_of(module, leaf), tuple(abstract[path].shape)
     expected = _source_shape(module, leaf, shape)
@@ -311,21 +309,12 @@ def from_slim(prefix: str, drop_background: bool = True, alpha: float | None = N
 
 # --- The output directory ----------------------------------------------------------------------
 
-def _check_output(out: str, overwrite: bool) -> None:
-  if '://' in out:
-    raise ConvertError(f'--out must be a local directory, got {out}')
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise ConvertError(f'{out} exists and is not a directory')
-  if os.path.isdir(out) and os.listdir(out) and not overwrite:
-    raise ConvertError(f'{out} exists and is not empty (pass --overwrite to replace it)')
-
-
 def save(imported: Imported, out_dir: str, overwrite: bool = False) -> None:
   """Write OUT/variables and OUT/model.json into a temporary sibling, then rename it to `out_dir`."""
   import orbax.checkpoint as ocp
 
   out = os.path.abspath(out_dir)
-  _check_output(out, overwrite)
+  check_output_directory(out, overwrite, ConvertError)
   with staged_directory(out, ConvertError) as tmp:
     ocp.PyTreeCheckpointer().save(os.path.join(tmp, 'variables'), imported.variables)
     info = {'format': FORMAT_VERSION, **imported.model_fields(), 'source': imported.source,
@@ -377,31 +366,24 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--overwrite', action='store_true', help='replace a non-empty --out')
   parser.add_argument('--verbose', action='store_true', help='show tracebacks of unexpected errors')
   args = parser.parse_args(argv)
-  try:
+
+  def run() -> int:
     if args.keras and (args.keep_background or args.no_ema):
       raise ConvertError('--keep_background and --no_ema apply to --slim checkpoints only')
-    _check_output(os.path.abspath(args.out), args.overwrite)  # before minutes of work, and again in save
+    check_output_directory(os.path.abspath(args.out), args.overwrite, ConvertError)  # again in save
     if args.keras:
       imported = from_keras(args.keras, args.alpha, args.num_classes)
     else:
       imported = from_slim(args.slim, not args.keep_background, args.alpha, args.num_classes, not args.no_ema)
     save(imported, args.out, args.overwrite)
-  except (ValueError, OSError) as e:  # ConvertError, a bad --alpha, a failed write
-    if args.verbose:
-      traceback.print_exc()
-    print(f'error: {one_line(e)}', file=sys.stderr)
-    return cli.USAGE_ERROR
-  except Exception as e:  # noqa: BLE001 - one line for users, --verbose for developers
-    if args.verbose:
-      traceback.print_exc()
-    print(f'error: {type(e).__name__}: {one_line(e)} (rerun with --verbose for the traceback)', file=sys.stderr)
-    return 1
-  notes = [note for note, on in (('background class dropped', imported.background_dropped),
-                                 ('EMA weights', imported.ema)) if on]
-  print(f'wrote {args.out}: MobileNet V1 alpha {imported.alpha:g}, {imported.num_classes} classes, from '
-        f'{imported.source} {imported.source_path}' + (f' ({", ".join(notes)})' if notes else ''))
-  return 0
+    notes = [note for note, on in (('background class dropped', imported.background_dropped),
+                                   ('EMA weights', imported.ema)) if on]
+    print(f'wrote {args.out}: MobileNet V1 alpha {imported.alpha:g}, {imported.num_classes} classes, from '
+          f'{imported.source} {imported.source_path}' + (f' ({", ".join(notes)})' if notes else ''))
+    return 0
 
+  # ConvertError, a bad --alpha or a failed write: one line, exit 2.
+  return cli.run_reporting_errors(run, args.verbose)
 
 if __name__ == '__main__':
   # TensorFlow only reads the slim checkpoint: keep its start-up log off stderr (as mnet_jax.main does).

@@ -39,7 +39,6 @@ import json
 import os
 import sys
 import time
-import traceback
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
@@ -48,7 +47,7 @@ import numpy as np
 
 from mnet_jax import cli, folding
 from mnet_jax.cli import one_line
-from mnet_jax.fileio import staged_directory
+from mnet_jax.fileio import check_output_directory, staged_directory
 
 FORMATS = ('saved_model', 'tflite', 'int8')
 DEFAULT_FORMATS = ('saved_model', 'tflite')
@@ -332,24 +331,6 @@ def flax_error(source: Source, run: Callable[[np.ndarray], np.ndarray], count: i
 
 # --- The output directory ----------------------------------------------------------------------
 
-def check_output(out: str, overwrite: bool) -> None:
-  """ExportError unless `out` can be created (or replaced, with `overwrite`)."""
-  if '://' in out:
-    raise ExportError(f'--out must be a local directory, got {out}')
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise ExportError(f'cannot write {out}: it exists and is not a directory')
-  if os.path.isdir(out) and os.listdir(out) and not overwrite:
-    raise ExportError(f'{out} exists and is not empty (pass --overwrite to replace it)')
-  parent = os.path.dirname(os.path.abspath(out))
-  existing = parent
-  while not os.path.exists(existing):
-    existing = os.path.dirname(existing)
-  if not os.path.isdir(existing):
-    raise ExportError(f'cannot write {out}: {existing} is not a directory')
-  if not os.access(existing, os.W_OK | os.X_OK):
-    raise ExportError(f'cannot write {out}: permission denied on {existing}')
-
-
 def export(source: Source, out: str, formats: Iterable[str] = DEFAULT_FORMATS,
            calibration_count: int = CALIBRATION_IMAGES,
            evaluate: bool = True, overwrite: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
@@ -361,7 +342,7 @@ def export(source: Source, out: str, formats: Iterable[str] = DEFAULT_FORMATS,
   if 'int8' in formats and source.data is None:
     raise ExportError('int8 needs calibration images: --data_from=RUN_DIR (its config.json names the dataset)')
   out = os.path.abspath(out)
-  check_output(out, overwrite)
+  check_output_directory(out, overwrite, ExportError)
   report = {'source': source.path, 'weights': source.what, **source.fields, 'resolution': source.resolution,
             'input': 'float32 images [batch, R, R, 3] in [-1, 1]', 'formats': list(formats),
             'flax_top1': source.flax_top1}
@@ -429,29 +410,22 @@ def main(argv: list[str] | None = None) -> int:
   logging.set_verbosity(logging.INFO if args.verbose else logging.ERROR)
   out = args.out or os.path.join(args.workdir, 'export')
   formats = [f.strip() for f in args.formats.split(',') if f.strip()]
-  try:
+
+  def run() -> int:
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
       raise ExportError(f'unknown format {unknown[0] if unknown else "(none)"!r} in --formats; expected some of '
                         f'{", ".join(FORMATS)}')
     if args.calibration_images < 1:
       raise ExportError(f'--calibration_images must be positive, got {args.calibration_images}')
-    check_output(os.path.abspath(out), args.overwrite)  # before minutes of work, and again in export
+    check_output_directory(os.path.abspath(out), args.overwrite, ExportError)  # again in export
     source = load_source(args.workdir, args.resolution, args.data_from)
     export(source, out, formats, args.calibration_images, not args.no_eval, args.overwrite)
-  except (ValueError, OSError) as e:  # ExportError, ConvertError, a dataset that is not there, a failed write
-    if args.verbose:
-      traceback.print_exc()
-    print(f'error: {one_line(e)}', file=sys.stderr)
-    return cli.USAGE_ERROR
-  except Exception as e:  # noqa: BLE001 - one line for users, --verbose for developers
-    if args.verbose:
-      traceback.print_exc()
-    print(f'error: {type(e).__name__}: {one_line(e)} (rerun with --verbose for the traceback)', file=sys.stderr)
-    return 1
-  print(f'wrote {out}: {", ".join(formats)} of {args.workdir} ({source.what}), {source.resolution} px')
-  return 0
+    print(f'wrote {out}: {", ".join(formats)} of {args.workdir} ({source.what}), {source.resolution} px')
+    return 0
 
+  # ExportError, ConvertError, a dataset that is not there, a failed write: one line, exit 2.
+  return cli.run_reporting_errors(run, args.verbose)
 
 if __name__ == '__main__':
   # TensorFlow converts and reads data here: keep its start-up log off stderr (as mnet_jax.main does).

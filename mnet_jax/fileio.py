@@ -53,6 +53,24 @@ def write_atomically(path: str | os.PathLike, data: bytes) -> None:
     os.close(dir_fd)
 
 
+def check_output_directory(out: str, overwrite: bool, error: Callable[[str], Exception]) -> None:
+  """Raise error(message) unless the local directory `out` can be created (or replaced, with `overwrite`):
+  checked before minutes of work, so that a bad --out fails at once."""
+  if '://' in out:
+    raise error(f'--out must be a local directory, got {out}')
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise error(f'cannot write {out}: it exists and is not a directory')
+  if os.path.isdir(out) and os.listdir(out) and not overwrite:
+    raise error(f'{out} exists and is not empty (pass --overwrite to replace it)')
+  existing = os.path.dirname(os.path.abspath(out))
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise error(f'cannot write {out}: {existing} is not a directory')
+  if not os.access(existing, os.W_OK | os.X_OK):
+    raise error(f'cannot write {out}: permission denied on {existing}')
+
+
 @contextlib.contextmanager
 def staged_directory(out: str, error: Callable[[str], Exception]) -> Iterator[str]:
   """A temporary sibling of the local directory `out` to fill in the `with` block; renamed to `out` when the

@@ -10,7 +10,6 @@ A run dir that already holds checkpoints resumes from them and ignores init_from
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 import jax
@@ -71,7 +70,8 @@ def fit(weights: Weights, abstract_variables: dict[str, Any], replace_classifier
   loaded = {'params': weights.params, 'batch_stats': weights.batch_stats}
   have = _flat(loaded)
   want = dict(sorted(_flat({k: abstract_variables[k] for k in ('params', 'batch_stats')}).items(),
-                     key=lambda item: _network_order(item[0])))  # so that the first mismatch is the first layer's
+                     key=lambda item: (item[0][0] != 'params', architecture.network_position(item[0][1]),
+                                       item[0])))  # so that the first mismatch is the first layer's
   classifier = [k for k in want if k[1] == CLASSIFIER]
   note = ''
   if replace_classifier and any(k in have and np.shape(have[k]) != want[k].shape for k in classifier):
@@ -93,13 +93,6 @@ def fit(weights: Weights, abstract_variables: dict[str, Any], replace_classifier
                         '(a MobileNet of another variant or depth?)')
   return (dataclasses.replace(weights, params=loaded['params'], batch_stats=loaded['batch_stats']),
           f'{weights.what} of {weights.path}{note}')
-
-
-def _network_order(key: tuple[str, ...]) -> tuple[int, int, str]:
-  """('params', 'block3_pointwise', 'kernel') -> parameters before statistics, then the layers input to output."""
-  layer, number = key[1], re.search(r'\d+', key[1])
-  position = 10**6 if layer == CLASSIFIER else int(number.group()) if number else -1  # the stem first
-  return (key[0] != 'params', position, '/'.join(key[1:]))
 
 
 def _hint(key: tuple[str, ...]) -> str:

@@ -175,3 +175,16 @@ def test_smallest_resolution_is_accepted():
 def test_bad_variant(variant):
   with pytest.raises(ValueError, match='unknown variant'):
     architecture.layers(1.0, 224, variant)
+
+
+def test_network_position_orders_input_to_output_where_names_do_not():
+  # Sorted as strings, block10 comes before block2 and the classifier before the stem.
+  written = ['classifier', 'block10_pointwise_bn', 'block2_depthwise', 'stem_bn', 'block10_depthwise',
+             'block2_pointwise', 'block1_pointwise']
+  assert sorted(written, key=architecture.network_position) == [
+      'stem_bn', 'block1_pointwise', 'block2_depthwise', 'block2_pointwise', 'block10_depthwise',
+      'block10_pointwise_bn', 'classifier']
+  assert sorted(['classifier', 'block11_conv', 'block3_conv', 'stem'], key=architecture.network_position) == [
+      'stem', 'block3_conv', 'block11_conv', 'classifier']
+  with pytest.raises(ValueError, match='not a layer'):
+    architecture.network_position('Dense_0')
