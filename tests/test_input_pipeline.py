@@ -74,18 +74,24 @@ def test_whole_image_crops_decode_the_split_once_with_the_same_batches(tiny_data
   data = _data(data_dir=tiny_data_dir, min_area=1.0)
   input_pipeline._PREPROCESSED.clear()
   input_pipeline._DECODED.clear()
-  once = _train(data, 12, process_index=0, process_count=1)  # crosses an epoch boundary
+  once = _train(data, 12, global_batch_size=48, process_index=0, process_count=1)  # step 6 spans 2 epochs
   # The decode-once path ran, with the split decoded to one array (its images share one shape) resized in batches.
   assert len(input_pipeline._PREPROCESSED) == 1 and len(input_pipeline._DECODED) == 1
   input_pipeline._PREPROCESSED.clear()
   monkeypatch.setattr(input_pipeline, '_decoded_in_memory', lambda *args: None)  # as for images of several sizes
-  each_once = _train(data, 12, process_index=0, process_count=1)
+  each_once = _train(data, 12, global_batch_size=48, process_index=0, process_count=1)
   monkeypatch.setattr(input_pipeline, '_PREPROCESSED_MAX_BYTES', 0)  # too large: decode per example
-  per_example = _train(data, 12, process_index=0, process_count=1)
+  per_example = _train(data, 12, global_batch_size=48, process_index=0, process_count=1)
   for a, b, c in zip(once, each_once, per_example, strict=True):
     for key in ('image', 'label'):
       np.testing.assert_array_equal(a[key], c[key])
       np.testing.assert_array_equal(b[key], c[key])
+  # The decoded-once path forms whole batches at a time: two processes still split each global batch.
+  monkeypatch.undo()
+  halves = [_train(data, 3, global_batch_size=48, start_step=5, process_index=p, process_count=2) for p in range(2)]
+  for step, batch in enumerate(once[5:8]):
+    for key in ('image', 'label'):
+      np.testing.assert_array_equal(np.concatenate([halves[0][step][key], halves[1][step][key]]), batch[key])
   # And the whole image is what training sees: unflipped, an epoch of the test split is its eval view at crop 1.
   data = _data(data_dir=tiny_data_dir, min_area=1.0, flip=False, train_split='test', eval_crop=1.0)
   train_images = np.concatenate([b['image'] for b in _train(data, 1, global_batch_size=100, process_index=0,
