@@ -385,8 +385,7 @@ def main(argv: list[str] | None = None) -> int:
   # ConvertError, a bad --alpha or a failed write: one line, exit 2.
   return cli.run_reporting_errors(run, args.verbose)
 
+
 if __name__ == '__main__':
-  # TensorFlow only reads the slim checkpoint: keep its start-up log off stderr (as mnet_jax.main does).
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+  cli.quiet_tensorflow()
   sys.exit(main())

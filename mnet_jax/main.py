@@ -7,21 +7,17 @@
 
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 import traceback
 
-# TensorFlow only feeds data here: hide its start-up log (the oneDNN notice is its only line at
-# import, and oneDNN's graph rewrites do nothing for tf.data's image ops).
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
-
-import logging as std_logging
-
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mnet_jax import runtime
+from mnet_jax import cli, runtime
+
+cli.quiet_tensorflow()  # none of the imports above loads TensorFlow; train and input_pipeline do, later
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (path.py[:arg]).', lock_config=True)
@@ -36,8 +32,6 @@ flags.DEFINE_integer('heartbeat_timeout', 100,
                      'with an error (multi-process).')
 flags.DEFINE_bool('verbose', False, 'Show full tracebacks of errors.')
 flags.mark_flags_as_required(['config', 'workdir'])
-
-USAGE_ERROR = 2
 
 
 def _initialize_jax(config) -> None:
@@ -55,7 +49,7 @@ def _initialize_jax(config) -> None:
 def main(argv: list[str]) -> int:
   if len(argv) > 1:
     print(f'error: unexpected arguments {" ".join(argv[1:])}', file=sys.stderr)
-    return USAGE_ERROR
+    return cli.USAGE_ERROR
   from mnet_jax import checkpointing, input_pipeline, preemption, sweep, train  # after flag parsing: keeps --help fast
 
   # Library chatter (Orbax, TFDS) would drown the progress lines, and a failure ends in one line of ours: the
@@ -84,7 +78,7 @@ def main(argv: list[str]) -> int:
     if FLAGS.verbose:
       traceback.print_exc()
     print(f'error: {e}', file=sys.stderr)
-    return USAGE_ERROR
+    return cli.USAGE_ERROR
   except Exception as e:  # noqa: BLE001 - one line for users, --verbose for developers
     if FLAGS.verbose:
       traceback.print_exc()
@@ -146,7 +140,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
       traceback.print_exc()
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     print(f'error: {lines[-1] if lines else type(e).__name__}', file=sys.stderr)
-  sys.exit(USAGE_ERROR)
+  sys.exit(cli.USAGE_ERROR)
 
 
 def run() -> None:
