@@ -11,6 +11,7 @@ import logging as std_logging
 import os
 import sys
 import traceback
+import warnings
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -92,9 +93,11 @@ def _quiet_failed_writes() -> None:
 
   Orbax stops its save at the first failed array and closes the save's event loop; TensorStore's other writes
   then complete into the closed loop, each printing a 'RuntimeError: Event loop is closed' traceback, and
-  asyncio logs every failed write's future: hundreds of lines around the one that says what happened.
+  asyncio logs every failed write's future: hundreds of lines around the one that says what happened. A write
+  the closed loop never started is reported at exit as a coroutine that was never awaited.
   """
   std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)
+  warnings.filterwarnings('ignore', message="coroutine '.*' was never awaited", category=RuntimeWarning)
   unraisablehook = sys.unraisablehook
 
   def quiet_unraisablehook(unraisable) -> None:  # TensorStore reports each callback's failure as unraisable
