@@ -54,20 +54,12 @@ def overrides(mini_imagenet_dir, cache_dir) -> dict:
           'optim.warmup_epochs': 0.0, 'compilation_cache_dir': str(cache_dir)}
 
 
-def env(cache_dir, devices: int) -> dict:
-  # LLVM's optimizations off: compiling, not running, is most of these runs (1.5x faster cold); every run here
-  # compiles alike, so the comparisons are unaffected.
-  env = subprocess_env(cache_dir, devices)
-  env['XLA_FLAGS'] += ' --xla_backend_optimization_level=0'
-  return env
-
-
 @pytest.fixture(scope='module')
 def reference(overrides, cache_dir, tmp_path_factory):
   """An uninterrupted run, one process with two devices: two processes of one device each run the same
   partitioned program, so they must end bitwise where it does. Returns (workdir, its stdout)."""
   workdir = tmp_path_factory.mktemp('imagenet_reference')
-  result = subprocess.run(main_command(workdir, overrides, preset=PRESET), env=env(cache_dir, devices=2),
+  result = subprocess.run(main_command(workdir, overrides, preset=PRESET), env=subprocess_env(cache_dir, 2),
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir, result.stdout
@@ -144,9 +136,9 @@ def test_killed_and_rerun_ends_bitwise_identical_to_the_uninterrupted_run(refere
   ref_workdir, _ = reference
   workdir = tmp_path / 'run'
   command = main_command(workdir, overrides, preset=PRESET)
-  sigkill_once_written(command, env(cache_dir, devices=2), workdir / 'checkpoints' / '2')
+  sigkill_once_written(command, subprocess_env(cache_dir, 2), workdir / 'checkpoints' / '2')
   assert not (workdir / 'results.json').exists(), 'the run finished before it was killed'
-  result = subprocess.run(command, env=env(cache_dir, devices=2), capture_output=True, text=True, timeout=300)
+  result = subprocess.run(command, env=subprocess_env(cache_dir, 2), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   assert 'resumed from checkpoint at step' in result.stdout
   assert_identical_states(workdir, ref_workdir)
@@ -163,7 +155,7 @@ def test_two_processes_end_bitwise_where_one_process_with_two_devices_does(refer
   port, workdir = _free_port(), tmp_path / 'run'
   processes = [subprocess.Popen(main_command(workdir, overrides, f'--coordinator_address=localhost:{port}',
                                              '--num_processes=2', f'--process_id={i}', preset=PRESET),
-                                env=env(cache_dir, devices=1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=subprocess_env(cache_dir, 1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True) for i in range(2)]
   outputs = [p.communicate(timeout=400)[0] for p in processes]
   assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
