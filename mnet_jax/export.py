@@ -255,7 +255,7 @@ def run_tflite(runner: Any, images: np.ndarray) -> np.ndarray:
 def measure_latency(content: bytes, num_threads: int, min_seconds: float = 1.0,
                     min_repeats: int = 20) -> dict[str, Any]:
   """Single-image latency (ms) in the interpreter: median and interquartile range over >= `min_repeats` calls and
-  >= `min_seconds`, after warm-up (as `sweep.measure_inference` times XLA)."""
+  >= `min_seconds`, after warm-up (as `probes.measure_inference` times XLA)."""
   runner = interpreter(content, num_threads)
   inp = runner.get_input_details()[0]
   runner.set_tensor(inp['index'], np.zeros(inp['shape'], inp['dtype']))

@@ -17,16 +17,13 @@ import time
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
-import numpy as np
 from etils import epath
 
-from mnet_jax import architecture, claims, cost, input_pipeline, plot, preemption, report, train, warm_start
+from mnet_jax import architecture, claims, cost, input_pipeline, plot, preemption, probes, report, train
 from mnet_jax.fileio import atomic_write_json, read_json, run_path
 
 _NAME = re.compile(r'(?:(?P<variant>[a-z]+)_)?a(?P<alpha>[0-9.]+)_r(?P<resolution>[0-9]+)')
-TFLITE_SECONDS = 0.5  # per thread count: the interpreter's latency is steady, hundreds of calls even at 1.0-63
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,39 +101,6 @@ def point_config(config: ml_collections.ConfigDict, point: Point) -> ml_collecti
   return run
 
 
-def measure_inference(config: ml_collections.ConfigDict, batch_size: int, min_seconds: float = 1.0,
-                      min_repeats: int = 20) -> dict[str, Any]:
-  """Batch-1 latency (median and interquartile range over >= `min_repeats` calls and >= `min_seconds`)
-  and batch-`batch_size` throughput of the model on this machine's first device, after warm-up."""
-  probe_start = time.perf_counter()
-  model = train.create_model(config.model, input_pipeline.dataset_info(config.data).num_classes)
-  resolution = config.model.resolution
-  # Speed does not depend on the weights' values: constant weights of the right shapes skip the initializer
-  # (it ran eagerly for 16 s per point at 1.0-63); made on the host and put once, which compiles nothing.
-  shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, resolution, resolution, 3),
-                                                                              jnp.float32))
-  variables = jax.device_put(jax.tree.map(lambda s: np.full(s.shape, 0.01, s.dtype), shapes))
-  forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
-
-  def timings(batch: int, seconds: float, repeats: int) -> np.ndarray:
-    images = jax.device_put(np.zeros((batch, resolution, resolution, 3), np.float32))
-    for _ in range(3):  # compile, then let allocators and caches settle
-      forward(variables, images).block_until_ready()
-    times, begin = [], time.perf_counter()
-    while len(times) < repeats or time.perf_counter() - begin < seconds:
-      start = time.perf_counter()
-      forward(variables, images).block_until_ready()
-      times.append(time.perf_counter() - start)
-    return np.asarray(times)
-
-  latency = 1000 * timings(1, min_seconds, min_repeats)
-  # Throughput is a column, not the figure's axis: batch calls are long and steady, a quarter of the budget does.
-  throughput = batch_size / np.median(timings(batch_size, min_seconds / 4, max(3, min_repeats // 4)))
-  return {'latency_ms': float(np.median(latency)), 'probe_s': time.perf_counter() - probe_start,
-          'latency_ms_spread': [float(np.percentile(latency, 25)), float(np.percentile(latency, 75))],
-          'infer_img_s': float(throughput), 'latency_repeats': int(latency.size)}
-
-
 def _row(point: Point, seed: int, run_config: ml_collections.ConfigDict, num_classes: int,
          fields: dict[str, Any] | None = None) -> dict[str, Any]:
   """One run row; `fields` (e.g. results.json's) fill it, their extra keys (e.g. the config) are dropped."""
@@ -196,102 +160,6 @@ def run_point(config: ml_collections.ConfigDict, point: Point, seeds: list[int],
       atomic_write_json(directory / 'row.json', row)
     rows.append(row)
   return rows
-
-
-def measured_latency(config: ml_collections.ConfigDict, point: Point, workdir: epath.Path) -> dict[str, Any] | None:
-  """The point's latency probe, measured once (after its runs) and kept in `<point>/latency.json`."""
-  if not config.sweep.latency_batch:
-    return None
-  path = workdir / point.name / 'latency.json'
-  if path.exists():
-    return read_json(path)
-  try:
-    timing = measure_inference(point_config(config, point), config.sweep.latency_batch)
-  finally:
-    jax.clear_caches()
-  if jax.process_index() == 0:
-    atomic_write_json(path, timing)
-  return timing
-
-
-def _tflite_probe_needed(config: ml_collections.ConfigDict, measured: dict[str, Any]) -> tuple[bool, bool]:
-  """(float, int8): which parts of the LiteRT probe the config asks for and `measured` still lacks."""
-  want_float, want_int8 = config.sweep.get('tflite_latency', False), config.sweep.get('tflite_int8', False)
-  return (want_float and report.TFLITE_FIELDS[0] not in measured,
-          want_int8 and report.INT8_FIELDS[0] not in measured)
-
-
-def measured_tflite(config: ml_collections.ConfigDict, point: Point, seeds: list[int],
-                    workdir: epath.Path) -> dict[str, Any] | None:
-  """The point's LiteRT (TFLite) probe, measured once (after its runs) and kept in `<point>/tflite.json`.
-
-  `sweep.tflite_latency`: single-image latency of the float32 flatbuffer in the interpreter with XNNPACK at 1
-  and 2 threads, with constant weights as the XLA probe (speed does not depend on their values).
-  `sweep.tflite_int8`: each seed's int8 flatbuffer (`export`, calibrated on training images), its top-1 on the
-  eval split into the run dir's `int8.json`, and the first seed's int8 latency. A probe that fails is logged
-  and left for the next run of the sweep: the study's table does not depend on it.
-  """
-  from mnet_jax import export  # TensorFlow's converter and LiteRT: only where the axis is on
-
-  path = workdir / point.name / 'tflite.json'
-  measured = read_json(path) if path.exists() else {}
-  want_float, want_int8 = _tflite_probe_needed(config, measured)
-  if not (want_float or want_int8):
-    return measured or None
-  run = point_config(config, point)
-  fields = {'alpha': point.alpha, 'variant': point.variant, 'min_depth': run.model.min_depth,
-            'activation': run.model.activation, 'bn_epsilon': run.model.bn_epsilon,
-            'num_classes': input_pipeline.dataset_info(run.data).num_classes}
-  start = time.perf_counter()
-  try:
-    if want_float:
-      model = train.create_model(run.model, fields['num_classes'])
-      shapes = jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct(
-          (1, architecture.MIN_RESOLUTION, architecture.MIN_RESOLUTION, 3), jnp.float32))
-      constant = jax.tree.map(lambda s: np.full(s.shape, 0.01, s.dtype), shapes)
-      content = export.Converted(fields, constant, point.resolution).tflite()
-      measured.update(_latencies('tflite', content))
-    if want_int8:
-      int8_latency, images = None, None
-      for seed in seeds:
-        directory = run_dir(workdir, point, seed)
-        if finished_row(directory) is None:
-          continue
-        weights = warm_start.load(str(directory))
-        images = images or export.calibration_images(run.data, point.resolution, export.CALIBRATION_IMAGES)
-        content = export.Converted(fields, {'params': weights.params, 'batch_stats': weights.batch_stats},
-                                   point.resolution).tflite_int8(images)
-        accuracy = export.tflite_accuracy(content, run.data, point.resolution)
-        if jax.process_index() == 0:
-          atomic_write_json(directory / 'int8.json', {'top1_int8': accuracy['top1'], 'top5_int8': accuracy['top5'],
-                                                      'eval_examples': accuracy['eval_examples']})
-        int8_latency = int8_latency or _latencies('int8', content)
-      measured.update(int8_latency or {})
-  except Exception as e:  # noqa: BLE001 - a missing runtime or a converter failure must not sink the table
-    train.log(f'[sweep] {point.name}: LiteRT probe failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); '
-              'rerun the sweep to retry it')
-    return measured or None
-  finally:
-    jax.clear_caches()
-  measured['tflite_probe_s'] = measured.get('tflite_probe_s', 0.0) + time.perf_counter() - start
-  times = ', '.join(f'{kind} {measured[f"{kind}_1t_latency_ms"]:.3g} / {measured[f"{kind}_2t_latency_ms"]:.3g} ms'
-                    for kind in ('tflite', 'int8') if f'{kind}_1t_latency_ms' in measured)
-  train.log(f'[sweep] {point.name}: LiteRT at 1 / 2 threads: {times} (probe {time.perf_counter() - start:.1f} s)')
-  if jax.process_index() == 0:
-    atomic_write_json(path, measured)
-  return measured
-
-
-def _latencies(prefix: str, content: bytes) -> dict[str, Any]:
-  """`<prefix>_<n>t_latency_ms` and its spread at each thread count of `export.THREADS`."""
-  from mnet_jax import export
-
-  timings = {}
-  for threads in export.THREADS:
-    timing = export.measure_latency(content, threads, min_seconds=TFLITE_SECONDS)
-    timings[f'{prefix}_{threads}t_latency_ms'] = timing['latency_ms']
-    timings[f'{prefix}_{threads}t_latency_ms_spread'] = timing['latency_ms_spread']
-  return timings
 
 
 def finished_row(directory: epath.Path, any_status: bool = False) -> dict[str, Any] | None:
@@ -370,8 +238,9 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> int:
     seconds_per_work = spent / done_work
   for point in selected:
     if all(finished_row(run_dir(workdir, point, s)) for s in seeds):
-      measured_latency(config, point, workdir)
-      measured_tflite(config, point, seeds, workdir)
+      run, point_dir = point_config(config, point), workdir / point.name
+      probes.measured_latency(run, config.sweep.latency_batch, point_dir)
+      probes.measured_tflite(config.sweep, run, point_dir, [run_dir(workdir, point, s) for s in seeds])
   table = collect_rows(config, workdir, points, seeds, num_classes)
   if jax.process_index() == 0:
     report.write_results(workdir, table)
