@@ -1,5 +1,7 @@
 """The optimizer: which parameters decay, and RMSprop as TensorFlow defines it."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -20,9 +22,10 @@ def _optim_config(**overrides):
   return config
 
 
+@functools.cache
 def _params():
   model = MobileNetV1(alpha=0.25, num_classes=10)
-  return model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+  return jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']  # eagerly it takes seconds
 
 
 def test_weight_decay_mask_by_layer_kind():
