@@ -84,9 +84,6 @@ def train_batches(data: Any, *, global_batch_size: int, resolution: int, seed: i
     epoch = position // size
     return position, tf.random.experimental.index_shuffle(position % size, tf.stack([seed, epoch]), size - 1)
 
-  def crop_and_flip_seeds(position: tf.Tensor) -> list[tf.Tensor]:
-    return tf.unstack(tf.random.experimental.stateless_split(tf.stack([seed, position]), 2))
-
   def locate_batch(counter: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     """`locate` of a batch of counters: one shuffle per epoch the batch touches (at most two)."""
     position = position_of(counter)
@@ -116,7 +113,7 @@ def train_batches(data: Any, *, global_batch_size: int, resolution: int, seed: i
                                                        deterministic=True))
 
   def load(position: tf.Tensor, image: tf.Tensor, label: tf.Tensor) -> dict[str, tf.Tensor]:
-    crop_seed, flip_seed = crop_and_flip_seeds(position)
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(tf.stack([seed, position]), 2))
     if preprocessed is None:  # `image` is still encoded
       image = _train_image(image, resolution, data, crop_seed)
       image = _scale(image) if _held_in_memory(data) else _uint8(image)
