@@ -61,6 +61,8 @@ def main(argv: list[str]) -> int:
     _quiet_failed_writes()
   config = FLAGS.config
   try:
+    if 'sweep' in config:
+      sweep.check_overrides(FLAGS['config'].override_values)
     _initialize_jax(config)
     if 'sweep' in config:
       return sweep.run_sweep(config, FLAGS.workdir)

@@ -68,6 +68,17 @@ def test_mistyped_config_or_flag_is_one_line_exit_2_and_writes_nothing(tmp_path,
   assert not workdir.exists()
 
 
+def test_a_sweep_refuses_an_override_of_what_its_points_set(tmp_path):
+  workdir = tmp_path / 'sweep'
+  command = main_command(workdir, {'model.alpha': 0.5}, config_file=REPO / 'experiments' / 'sweep.py', preset='smoke')
+  result = subprocess.run(command, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=60)
+  assert result.returncode == 2
+  lines = result.stderr.strip().splitlines()
+  assert len(lines) == 1 and '--config.model.alpha is set by each sweep point' in lines[0], result.stderr
+  assert '--config.sweep.alphas=' in lines[0]
+  assert not workdir.exists()
+
+
 def test_unwritable_workdir_is_one_line_exit_2_before_any_data_is_prepared(tmp_path):
   (tmp_path / 'a_file').write_text('')
   data_dir = tmp_path / 'tfds'

@@ -128,8 +128,7 @@ def test_seeds_trained_together_match_a_seed_trained_alone(together_run, tiny_da
   """Seed 1 of the together run against seed 1 run alone (no vmap): the same data, dropout and init, so the
   only difference allowed is the round-off of batched products."""
   reference, _ = together_run
-  overrides = {'data.name': 'textured_shapes/tiny', 'data.data_dir': tiny_data_dir, 'model.alpha': 0.25,
-               'model.resolution': 48, 'seed': 1, 'num_train_steps': STEPS, 'batch_size': 32,
+  overrides = {'data.name': 'textured_shapes/tiny', 'data.data_dir': tiny_data_dir, 'seed': 1, 'num_train_steps': STEPS, 'batch_size': 32,
                'checkpoint_every_steps': 4, 'log_every_steps': 4, 'compilation_cache_dir': str(cache_dir)}
   config = REPO / 'experiments' / 'sweep.py'
   command = main_command(tmp_path, overrides)
