@@ -5,7 +5,8 @@
   python -m mnet_jax.main --config=experiments/sweep.py:imagenet2012 --workdir=gs://bucket/sweep
 
 Grid fields are comma-separated strings, e.g. --config.sweep.alphas=1,0.5 or
---config.sweep.only=a1_r224 (run one point, e.g. one point per TPU slice).
+--config.sweep.only=a1_r224 (run one point, e.g. one point per TPU slice). Each point sets model.alpha,
+model.resolution and model.variant, so overriding those is an error that names the sweep field to use.
 """
 
 import ml_collections
