@@ -29,6 +29,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sweep.points = ''  # explicit point names instead of the grid, e.g. a1_r224,conv_a1_r224
   config.sweep.only = ''  # run only these point names
   config.sweep.seeds = '0,1,2'  # each point once per seed: mean and 95% CI over seeds
+  # Points trained side by side, each in its own process on its own cores (CPU only; mnet_jax/sweep_workers.py):
+  # 2 on a 2-core machine. Each point then rounds as a one-core run does, not as the default's two-core run.
+  config.sweep.workers = 1
   config.sweep.seeds_together = True  # a point's seeds as one vmapped step (far less per-step overhead)
   config.sweep.latency_batch = 32  # throughput batch; latency is measured at batch 1; 0 skips both
   # The mobile-runtime axis: single-image latency of the float32 TFLite export in LiteRT's interpreter (XNNPACK)

@@ -41,10 +41,7 @@ def _initialize_jax(config) -> None:
   if FLAGS.distributed or FLAGS.coordinator_address:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
-  cache_dir = config.get('compilation_cache_dir') or os.path.join(FLAGS.workdir, '.jax_cache')
-  # Compiled programs are reused across reruns and sweep points of the same shapes.
-  jax.config.update('jax_compilation_cache_dir', cache_dir)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  runtime.use_compilation_cache(config.get('compilation_cache_dir') or os.path.join(FLAGS.workdir, '.jax_cache'))
 
 
 def main(argv: list[str]) -> int:

@@ -1,4 +1,4 @@
-"""Process-wide settings that must be in place before the interpreter allocates: glibc's malloc.
+"""Process-wide settings: glibc's malloc (before the interpreter allocates) and the compilation cache.
 
 XLA:CPU allocates every execution's buffers afresh. glibc serves blocks above 32 MiB with
 mmap (worker threads' arenas too) and unmaps them on free, so each train step page-faults
@@ -42,3 +42,21 @@ def retain_freed_memory() -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
+
+
+def use_compilation_cache(cache_dir: str) -> None:
+  """Reuse compiled programs across reruns and sweep points of the same shapes, kept apart per CPU count.
+
+  XLA:CPU splits element-wise and reduction loops over the cores it sees when it compiles, and the split
+  decides how float32 sums round; a program compiled on two cores and loaded on one would not compute what
+  a program compiled there computes, so a process sees only programs compiled with as many cores as it has.
+  """
+  import jax
+
+  jax.config.update('jax_compilation_cache_dir', os.path.join(cache_dir, f'cpus{len(usable_cpus())}'))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+
+
+def usable_cpus() -> list[int]:
+  """The CPUs this process may run on (its affinity, e.g. under taskset), in order."""
+  return sorted(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else list(range(os.cpu_count() or 1))

@@ -20,7 +20,18 @@ import jax
 import ml_collections
 from etils import epath
 
-from mnet_jax import architecture, claims, cost, input_pipeline, plot, preemption, probes, report, train
+from mnet_jax import (
+  architecture,
+  claims,
+  cost,
+  input_pipeline,
+  plot,
+  preemption,
+  probes,
+  report,
+  sweep_workers,
+  train,
+)
 from mnet_jax.fileio import atomic_write_json, read_json, run_path
 
 _NAME = re.compile(r'(?:(?P<variant>[a-z]+)_)?a(?P<alpha>[0-9.]+)_r(?P<resolution>[0-9]+)')
@@ -175,6 +186,17 @@ def run_point(config: ml_collections.ConfigDict, point: Point, seeds: list[int],
   return rows
 
 
+def _record_crash(config: ml_collections.ConfigDict, point: Point, seeds: list[int], workdir: epath.Path,
+                  num_classes: int, error: str) -> None:
+  """Failed rows for a point's runs that a crashed worker left without one (the next run retries them)."""
+  train.log(f'[sweep] {point.name} FAILED: {error}')
+  for seed in seeds:
+    if finished_row(run_dir(workdir, point, seed)) is None:
+      atomic_write_json(run_dir(workdir, point, seed) / 'row.json',
+                        _row(point, seed, point_config(config, point), num_classes,
+                             {'status': 'failed', 'error': error}))
+
+
 def finished_row(directory: epath.Path, any_status: bool = False) -> dict[str, Any] | None:
   """The row a run left behind: only a finished one, unless `any_status`."""
   path = directory / 'row.json'
@@ -233,12 +255,22 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> int:
   seeds = seeds_of(config.sweep)
   for point in selected:  # bad input is reported before anything runs
     train.create_model(point_config(config, point).model, 2).check()
+  if config.sweep.workers > 1:
+    if jax.process_count() > 1 or jax.default_backend() != 'cpu':
+      raise ValueError('sweep.workers > 1 runs points side by side on one CPU machine; '
+                       'on accelerators or several hosts, use --config.sweep.only per job')
+    sweep_workers.core_sets(config.sweep.workers)
   num_classes = input_pipeline.dataset_info(config.data).num_classes
   pending = {p: [s for s in seeds if finished_row(run_dir(workdir, p, s)) is None] for p in selected}
   todo = [p for p in selected if pending[p]]
   runs_left = sum(len(v) for v in pending.values())
   train.log(f'[sweep] {len(selected)} points x {len(seeds)} seeds, {len(selected) * len(seeds) - runs_left} runs '
             f'already done, {runs_left} to run in {workdir}')
+  if config.sweep.workers > 1:
+    sweep_workers.run_points(config, str(workdir), todo, pending, config.sweep.workers,
+                             lambda p: _work(p) * len(pending[p]),
+                             lambda p, error: _record_crash(config, p, pending[p], workdir, num_classes, error))
+    todo = []
   seconds_per_work, spent, done_work = None, 0.0, 0.0
   for index, point in enumerate(todo):
     work = [_work(p) * len(pending[p]) for p in todo[index:]]

@@ -1,8 +1,11 @@
 """The α×ρ sweep with seeds: a 2-seed smoke study killed mid-point and resumed exactly, a rerun that skips
-finished runs, and seeds trained together against a seed trained alone."""
+finished runs, seeds trained together against a seed trained alone, and points trained side by side in worker
+processes against a one-CPU run."""
 
 import csv
 import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -128,7 +131,8 @@ def test_seeds_trained_together_match_a_seed_trained_alone(together_run, tiny_da
   """Seed 1 of the together run against seed 1 run alone (no vmap): the same data, dropout and init, so the
   only difference allowed is the round-off of batched products."""
   reference, _ = together_run
-  overrides = {'data.name': 'textured_shapes/tiny', 'data.data_dir': tiny_data_dir, 'seed': 1, 'num_train_steps': STEPS, 'batch_size': 32,
+  overrides = {'data.name': 'textured_shapes/tiny', 'data.data_dir': tiny_data_dir, 'seed': 1,
+               'num_train_steps': STEPS, 'batch_size': 32,
                'checkpoint_every_steps': 4, 'log_every_steps': 4, 'compilation_cache_dir': str(cache_dir)}
   config = REPO / 'experiments' / 'sweep.py'
   command = main_command(tmp_path, overrides)
@@ -146,3 +150,35 @@ def test_seeds_trained_together_match_a_seed_trained_alone(together_run, tiny_da
     np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
   # The tolerance is far below the difference between seeds, which it would otherwise hide.
   assert max(np.max(np.abs(other_seed[k] - expected[k])) for k in expected) > 1e-2
+
+
+def test_points_in_worker_processes_match_a_one_cpu_run_and_resume_after_ctrl_c(tiny_data_dir, cache_dir, tmp_path):
+  """Two points trained side by side (sweep.workers=2, one CPU each), stopped by a Ctrl-C to the sweep and rerun,
+  against the same sweep run in one process on one CPU: the same parameters and rows, bitwise."""
+  assert len(os.sched_getaffinity(0)) >= 2, 'needs two CPUs'
+  points = ['--config.sweep.resolutions=48,40', '--config.sweep.seeds=0', '--config.sweep.latency_batch=0',
+            '--config.sweep.tflite_latency=False']
+  one_cpu = subprocess.run(smoke_command(tmp_path / 'one', tiny_data_dir, cache_dir, *points),
+                           env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=600,
+                           preexec_fn=lambda: os.sched_setaffinity(0, {0}))
+  assert one_cpu.returncode == 0, one_cpu.stderr[-3000:]
+  command = smoke_command(tmp_path / 'two', tiny_data_dir, cache_dir, *points, '--config.sweep.workers=2')
+  process = subprocess.Popen(command, env=subprocess_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+  lines = []
+  for line in process.stdout:  # Ctrl-C once a worker has taken 4 of its 8 steps
+    lines.append(line)
+    if line.startswith('[a0.25_r') and f'[train] step 4/{STEPS}' in line:
+      process.send_signal(signal.SIGINT)
+      break
+  stdout, stderr = process.communicate(timeout=300)
+  assert process.returncode == 130, stderr[-3000:]
+  assert [line for line in stderr.splitlines() if line.strip()] == [
+      'interrupted: Ctrl-C: the points in training saved their checkpoints; rerun the same command to resume']
+  assert 'on CPU 0' in ''.join(lines) and 'on CPU 1' in ''.join(lines)
+  rerun = subprocess.run(command, env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=600)
+  assert rerun.returncode == 0, rerun.stderr[-3000:]
+  for point in ('a0.25_r48', 'a0.25_r40'):
+    assert_identical_params(tmp_path / 'two' / point / 'seed0', tmp_path / 'one' / point / 'seed0')
+    rows = [json.loads((tmp_path / run / point / 'seed0' / 'row.json').read_text()) for run in ('one', 'two')]
+    assert rows[0]['status'] == 'done' and all(rows[1][k] == rows[0][k] for k in ('top1', 'top5', 'steps'))
