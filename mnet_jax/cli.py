@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable
 
 USAGE_ERROR = 2
@@ -46,3 +48,23 @@ def run_reporting_errors(body: Callable[[], int], verbose: bool) -> int:
       traceback.print_exc()
     print(f'error: {type(e).__name__}: {one_line(e)} (rerun with --verbose for the traceback)', file=sys.stderr)
     return 1
+
+
+def quiet_failed_writes() -> None:
+  """Keep a checkpoint write that fails partway (e.g. the disk fills) to the run's one error line.
+
+  Orbax stops its save at the first failed array and closes the save's event loop; TensorStore's other writes
+  then complete into the closed loop, each printing a 'RuntimeError: Event loop is closed' traceback, and
+  asyncio logs every failed write's future: hundreds of lines around the one that says what happened. A write
+  the closed loop never started is reported at exit as a coroutine that was never awaited.
+  """
+  logging.getLogger('asyncio').setLevel(logging.CRITICAL)
+  warnings.filterwarnings('ignore', message="coroutine '.*' was never awaited", category=RuntimeWarning)
+  unraisablehook = sys.unraisablehook
+
+  def quiet_unraisablehook(unraisable) -> None:  # TensorStore reports each callback's failure as unraisable
+    value = unraisable.exc_value
+    if not (type(value) is RuntimeError and str(value) == 'Event loop is closed'):
+      unraisablehook(unraisable)
+
+  sys.unraisablehook = quiet_unraisablehook

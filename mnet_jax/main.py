@@ -7,11 +7,9 @@
 
 from __future__ import annotations
 
-import logging as std_logging
 import os
 import sys
 import traceback
-import warnings
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -55,7 +53,7 @@ def main(argv: list[str]) -> int:
   # the traceback are for --verbose.
   logging.set_verbosity(logging.ERROR if FLAGS.verbose else logging.FATAL)
   if not FLAGS.verbose:
-    _quiet_failed_writes()
+    cli.quiet_failed_writes()
   config = FLAGS.config
   try:
     if 'sweep' in config:
@@ -85,26 +83,6 @@ def main(argv: list[str]) -> int:
     message = str(e) if isinstance(e, train.TrainingError) else f'{type(e).__name__}: {e}'
     print(f'error: {message} (rerun with --verbose for the traceback)', file=sys.stderr)
     return 1
-
-
-def _quiet_failed_writes() -> None:
-  """Keep a checkpoint write that fails partway (e.g. the disk fills) to the run's one error line.
-
-  Orbax stops its save at the first failed array and closes the save's event loop; TensorStore's other writes
-  then complete into the closed loop, each printing a 'RuntimeError: Event loop is closed' traceback, and
-  asyncio logs every failed write's future: hundreds of lines around the one that says what happened. A write
-  the closed loop never started is reported at exit as a coroutine that was never awaited.
-  """
-  std_logging.getLogger('asyncio').setLevel(std_logging.CRITICAL)
-  warnings.filterwarnings('ignore', message="coroutine '.*' was never awaited", category=RuntimeWarning)
-  unraisablehook = sys.unraisablehook
-
-  def quiet_unraisablehook(unraisable) -> None:  # TensorStore reports each callback's failure as unraisable
-    value = unraisable.exc_value
-    if not (type(value) is RuntimeError and str(value) == 'Event loop is closed'):
-      unraisablehook(unraisable)
-
-  sys.unraisablehook = quiet_unraisablehook
 
 
 def _exit(code: int) -> None:

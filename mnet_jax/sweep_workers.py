@@ -28,8 +28,9 @@ import time
 from collections.abc import Callable
 
 import ml_collections
+from absl import logging
 
-from mnet_jax import cli, preemption, runtime
+from mnet_jax import cli, runtime  # no JAX or numpy here: a worker sets its CPUs before they start
 
 
 def core_sets(workers: int) -> list[list[int]]:
@@ -54,7 +55,7 @@ def run_points(config: ml_collections.ConfigDict, workdir: str, todo: list, pend
   ended without recording its runs (e.g. killed). After a Ctrl-C or SIGTERM, once every worker has saved,
   raises `preemption.Interrupted` or `Preempted`.
   """
-  from mnet_jax import train  # imports JAX, which the workers' parent needs by now anyway
+  from mnet_jax import preemption, train
 
   free, queue, running, stop = core_sets(workers), list(todo), {}, []
   done_work, busy_seconds = 0.0, 0.0
@@ -108,8 +109,10 @@ def worker(workdir: str, point_name: str, seeds: str, cpus: str) -> int:
   """One point's runs on the given CPUs, with the sweep's config read from stdin as JSON."""
   os.sched_setaffinity(0, [int(c) for c in cpus.split(',')])  # before JAX starts: it sizes its threads by it
   cli.quiet_tensorflow()
+  cli.quiet_failed_writes()
+  logging.set_verbosity(logging.FATAL)  # as in main: a failure is the run's row, not the libraries' logs
   config = ml_collections.ConfigDict(json.loads(sys.stdin.read()))
-  from mnet_jax import sweep  # after the affinity: imports JAX
+  from mnet_jax import preemption, sweep  # after the affinity: they import JAX
   from mnet_jax.fileio import run_path
 
   runtime.use_compilation_cache(config.get('compilation_cache_dir') or os.path.join(workdir, '.jax_cache'))
