@@ -255,7 +255,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> int:
   seeds = seeds_of(config.sweep)
   for point in selected:  # bad input is reported before anything runs
     train.create_model(point_config(config, point).model, 2).check()
-  if config.sweep.workers > 1:
+  if config.sweep.workers != 1:
     if jax.process_count() > 1 or jax.default_backend() != 'cpu':
       raise ValueError('sweep.workers > 1 runs points side by side on one CPU machine; '
                        'on accelerators or several hosts, use --config.sweep.only per job')

@@ -36,9 +36,8 @@ from mnet_jax import cli, runtime  # no JAX or numpy here: a worker sets its CPU
 def core_sets(workers: int) -> list[list[int]]:
   """This process's CPUs dealt to `workers` workers, disjoint; an error if there are fewer CPUs than workers."""
   cpus = runtime.usable_cpus()
-  if workers > len(cpus):
-    raise ValueError(f'sweep.workers={workers} but this process can use {len(cpus)} CPU(s); '
-                     f'set --config.sweep.workers to at most {len(cpus)}')
+  if not 1 <= workers <= len(cpus):
+    raise ValueError(f'sweep.workers must be 1..{len(cpus)} (the CPUs this process can use), got {workers}')
   return [cpus[i::workers] for i in range(workers)]
 
 

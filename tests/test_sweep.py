@@ -22,7 +22,7 @@ from test_train import (
   subprocess_env,
 )
 
-from mnet_jax import cost, sweep
+from mnet_jax import cost, sweep, sweep_workers
 
 STEPS = 8
 
@@ -150,6 +150,16 @@ def test_seeds_trained_together_match_a_seed_trained_alone(together_run, tiny_da
     np.testing.assert_allclose(got[key], expected[key], rtol=1e-5, atol=1e-6, err_msg=key)
   # The tolerance is far below the difference between seeds, which it would otherwise hide.
   assert max(np.max(np.abs(other_seed[k] - expected[k])) for k in expected) > 1e-2
+
+
+def test_workers_get_disjoint_cpus_and_no_more_workers_than_cpus():
+  cpus = sorted(os.sched_getaffinity(0))
+  assert sweep_workers.core_sets(1) == [cpus]
+  sets = sweep_workers.core_sets(len(cpus))
+  assert sorted(c for s in sets for c in s) == cpus and all(len(s) == 1 for s in sets)
+  for workers in (0, len(cpus) + 1):
+    with pytest.raises(ValueError, match=f'sweep.workers must be 1..{len(cpus)}'):
+      sweep_workers.core_sets(workers)
 
 
 def test_points_in_worker_processes_match_a_one_cpu_run_and_resume_after_ctrl_c(tiny_data_dir, cache_dir, tmp_path):
