@@ -12,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from hooks import hooked
 from test_train import (
   REPO,
   assert_identical_params,
@@ -168,9 +169,9 @@ def test_points_in_worker_processes_match_a_one_cpu_run_and_resume_after_ctrl_c(
   assert len(os.sched_getaffinity(0)) >= 2, 'needs two CPUs'
   points = ['--config.sweep.resolutions=48,40', '--config.sweep.seeds=0', '--config.sweep.latency_batch=0',
             '--config.sweep.tflite_latency=False']
-  one_cpu = subprocess.run(smoke_command(tmp_path / 'one', tiny_data_dir, cache_dir, *points),
-                           env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=600,
-                           preexec_fn=lambda: os.sched_setaffinity(0, {0}))
+  pinned = hooked(smoke_command(tmp_path / 'one', tiny_data_dir, cache_dir, *points),
+                  'import os; os.sched_setaffinity(0, {0})')  # before JAX starts (no fork of this JAX process)
+  one_cpu = subprocess.run(pinned, env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=600)
   assert one_cpu.returncode == 0, one_cpu.stderr[-3000:]
   command = smoke_command(tmp_path / 'two', tiny_data_dir, cache_dir, *points, '--config.sweep.workers=2')
   process = subprocess.Popen(command, env=subprocess_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
