@@ -50,6 +50,11 @@ def run_reporting_errors(body: Callable[[], int], verbose: bool) -> int:
     return 1
 
 
+def minutes(seconds: float) -> str:
+  """A duration for an ETA: '12 min' or '40 s'."""
+  return f'{seconds / 60:.0f} min' if seconds >= 60 else f'{seconds:.0f} s'
+
+
 def quiet_failed_writes() -> None:
   """Keep a checkpoint write that fails partway (e.g. the disk fills) to the run's one error line.
 

@@ -39,7 +39,7 @@ def _initialize_jax(config) -> None:
   if FLAGS.distributed or FLAGS.coordinator_address:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
                                heartbeat_timeout_seconds=FLAGS.heartbeat_timeout)
-  runtime.use_compilation_cache(config.get('compilation_cache_dir') or os.path.join(FLAGS.workdir, '.jax_cache'))
+  runtime.use_compilation_cache(config.get('compilation_cache_dir'), FLAGS.workdir)
 
 
 def main(argv: list[str]) -> int:

@@ -44,8 +44,9 @@ def retain_freed_memory() -> None:
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], environ)
 
 
-def use_compilation_cache(cache_dir: str) -> None:
-  """Reuse compiled programs across reruns and sweep points of the same shapes, kept apart per CPU count.
+def use_compilation_cache(cache_dir: str | None, workdir: str) -> None:
+  """Reuse compiled programs across reruns and sweep points of the same shapes (in `cache_dir`, by default
+  <workdir>/.jax_cache), kept apart per CPU count.
 
   XLA:CPU splits element-wise and reduction loops over the cores it sees when it compiles, and the split
   decides how float32 sums round; a program compiled on two cores and loaded on one would not compute what
@@ -53,6 +54,7 @@ def use_compilation_cache(cache_dir: str) -> None:
   """
   import jax
 
+  cache_dir = cache_dir or os.path.join(workdir, '.jax_cache')
   jax.config.update('jax_compilation_cache_dir', os.path.join(cache_dir, f'cpus{len(usable_cpus())}'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
 

@@ -23,6 +23,7 @@ from etils import epath
 from mnet_jax import (
   architecture,
   claims,
+  cli,
   cost,
   input_pipeline,
   plot,
@@ -270,17 +271,17 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> int:
     sweep_workers.run_points(config, str(workdir), todo, pending, config.sweep.workers,
                              lambda p: _work(p) * len(pending[p]),
                              lambda p, error: _record_crash(config, p, pending[p], workdir, num_classes, error))
-    todo = []
-  seconds_per_work, spent, done_work = None, 0.0, 0.0
-  for index, point in enumerate(todo):
-    work = [_work(p) * len(pending[p]) for p in todo[index:]]
-    eta = f', ~{_minutes(seconds_per_work * sum(work))} left' if seconds_per_work else ''
-    train.log(f'[sweep] point {index + 1}/{len(todo)}: {point.name}, seeds {",".join(map(str, pending[point]))}{eta}')
-    start = time.time()
-    run_point(config, point, pending[point], workdir)
-    spent += time.time() - start
-    done_work += work[0]
-    seconds_per_work = spent / done_work
+  else:
+    seconds_per_work, spent, done_work = None, 0.0, 0.0
+    for index, point in enumerate(todo):
+      work = [_work(p) * len(pending[p]) for p in todo[index:]]
+      eta = f', ~{cli.minutes(seconds_per_work * sum(work))} left' if seconds_per_work else ''
+      train.log(f'[sweep] point {index + 1}/{len(todo)}: {point.name}, seeds {",".join(map(str, pending[point]))}{eta}')
+      start = time.time()
+      run_point(config, point, pending[point], workdir)
+      spent += time.time() - start
+      done_work += work[0]
+      seconds_per_work = spent / done_work
   for point in selected:
     if all(finished_row(run_dir(workdir, point, s)) for s in seeds):
       run, point_dir = point_config(config, point), workdir / point.name
@@ -308,7 +309,3 @@ def _work(point: Point) -> float:
   plus a fixed per-point overhead (compile, eval)."""
   width = 8.0 if point.variant == 'conv' else point.alpha
   return width * point.resolution**2 + 2000.0
-
-
-def _minutes(seconds: float) -> str:
-  return f'{seconds / 60:.0f} min' if seconds >= 60 else f'{seconds:.0f} s'

@@ -70,7 +70,7 @@ def run_points(config: ml_collections.ConfigDict, workdir: str, todo: list, pend
       while queue and free and not stop:
         point, cores = queue.pop(0), free.pop(0)
         left = sum(work(p) for p in [point, *queue, *(r[0] for r in running.values())])
-        eta = f', ~{_minutes(busy_seconds / done_work * left / workers)} left' if done_work else ''
+        eta = f', ~{cli.minutes(busy_seconds / done_work * left / workers)} left' if done_work else ''
         train.log(f'[sweep] point {len(todo) - len(queue)}/{len(todo)}: {point.name}, seeds '
                   f'{",".join(map(str, pending[point]))}, on CPU {",".join(map(str, cores))}{eta}')
         command = [sys.executable, '-m', 'mnet_jax.sweep_workers', workdir, point.name,
@@ -100,10 +100,6 @@ def run_points(config: ml_collections.ConfigDict, workdir: str, todo: list, pend
         'rerun the same command to resume')
 
 
-def _minutes(seconds: float) -> str:
-  return f'{seconds / 60:.0f} min' if seconds >= 60 else f'{seconds:.0f} s'
-
-
 def worker(workdir: str, point_name: str, seeds: str, cpus: str) -> int:
   """One point's runs on the given CPUs, with the sweep's config read from stdin as JSON."""
   os.sched_setaffinity(0, [int(c) for c in cpus.split(',')])  # before JAX starts: it sizes its threads by it
@@ -114,7 +110,7 @@ def worker(workdir: str, point_name: str, seeds: str, cpus: str) -> int:
   from mnet_jax import preemption, sweep  # after the affinity: they import JAX
   from mnet_jax.fileio import run_path
 
-  runtime.use_compilation_cache(config.get('compilation_cache_dir') or os.path.join(workdir, '.jax_cache'))
+  runtime.use_compilation_cache(config.get('compilation_cache_dir'), workdir)
   try:
     sweep.run_point(config, sweep.parse_point(point_name), [int(s) for s in seeds.split(',')], run_path(workdir))
   except preemption.Interrupted:
