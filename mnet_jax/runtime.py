@@ -66,7 +66,7 @@ def batch_inference_compiler_options() -> dict[str, str]:
   On CPU: XLA's own matmuls (Eigen) instead of YNNPACK's. Timed both ways in one process, in alternation
   (`python tests/inference_matmuls.py`, BENCHMARKS.md session 13), batched inference was 12-26% faster at
   0.25-36 (batch 64) and 0.5-160, and level at 1.0-63 and 1.0-224; at batch 1 neither was ahead, and the train
-  step, whose gradient products run side by side, was 10-90% slower. Evaluation keeps XLA's defaults, so the
+  step, whose gradient products run side by side, was 8-100% slower. Evaluation keeps XLA's defaults, so the
   study's numbers do not move (the two round differently: logits within 2e-6).
   """
   import jax
