@@ -79,6 +79,24 @@ def summarize(work: peers.Workload, args: argparse.Namespace) -> dict[str, Any]:
   }
 
 
+def sgd_train_step(model: Any, tx: Any, key: Any) -> Callable[..., tuple[Any, Any, Any]]:
+  """The timed train step: (params, batch_stats, opt_state, images, labels) -> the three updated, with
+  softmax cross-entropy, BatchNorm in train mode and `tx` (an optax transformation) applied."""
+  import jax
+  import optax
+
+  def step(params, batch_stats, opt_state, images, labels):
+    def loss_fn(params):
+      logits, updates = model.apply({'params': params, 'batch_stats': batch_stats}, images, train=True,
+                                    mutable=['batch_stats'], rngs={'dropout': key})
+      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), updates['batch_stats']
+    (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), batch_stats, opt_state
+
+  return step
+
+
 def jax_workload(args: argparse.Namespace) -> peers.Workload:
   """mnet_jax's MobileNetV1 with an optax SGD step; compilation timed apart from running."""
   import jax
@@ -97,22 +115,14 @@ def jax_workload(args: argparse.Namespace) -> peers.Workload:
   # The train step donates its state, so it gets its own copy of the variables.
   state = jax.tree.map(jnp.copy, [variables['params'], variables['batch_stats'], tx.init(variables['params'])])
 
-  def step(params, batch_stats, opt_state, images, labels):
-    def loss_fn(params):
-      logits, updates = model.apply({'params': params, 'batch_stats': batch_stats}, images, train=True,
-                                    mutable=['batch_stats'], rngs={'dropout': key})
-      return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), updates['batch_stats']
-    (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), batch_stats, opt_state
-
+  step = sgd_train_step(model, tx, key)
   # Inference as deployed: the BatchNorms folded into the convolutions once, before any image (folding.py).
   folded_model = folding.FoldedMobileNetV1.of(model)
   infer = lambda folded, x: folded_model.apply({'params': folded}, x)  # noqa: E731
   start = time.perf_counter()
   train_fn = jax.jit(step, donate_argnums=(0, 1, 2)).lower(*state, images, labels).compile()
   folded = jax.jit(folding.fold, static_argnums=1)(variables, model.bn_epsilon)
-  infer_fn = jax.jit(infer).lower(folded, images).compile(compiler_options=runtime.batch_inference_compiler_options())
+  infer_fn = jax.jit(infer).lower(folded, images).compile()
   single = images[:1]  # sliced once, as the peers do: an eager slice per call costs ~0.4 ms here
   single_fn = jax.jit(infer).lower(folded, single).compile()
   compile_s = time.perf_counter() - start

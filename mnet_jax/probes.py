@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from mnet_jax import architecture, input_pipeline, report, runtime, train, warm_start
+from mnet_jax import architecture, input_pipeline, report, train, warm_start
 from mnet_jax.fileio import atomic_write_json, read_json
 
 TFLITE_SECONDS = 0.5  # per thread count: the interpreter's latency is steady, hundreds of calls even at 1.0-63
@@ -38,13 +38,11 @@ def measure_inference(run: ml_collections.ConfigDict, batch_size: int, min_secon
   model = train.create_model(run.model, input_pipeline.dataset_info(run.data).num_classes)
   resolution = run.model.resolution
   variables = jax.device_put(_constant_variables(model, resolution))  # put once: compiles nothing
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
 
   def timings(batch: int, seconds: float, repeats: int) -> np.ndarray:
     images = jax.device_put(np.zeros((batch, resolution, resolution, 3), np.float32))
-    options = runtime.batch_inference_compiler_options() if batch > 1 else {}
-    forward = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, images).compile(
-        compiler_options=options)
-    for _ in range(3):  # let allocators and caches settle
+    for _ in range(3):  # compile, then let allocators and caches settle
       forward(variables, images).block_until_ready()
     times, begin = [], time.perf_counter()
     while len(times) < repeats or time.perf_counter() - begin < seconds:

@@ -1,8 +1,7 @@
 """The limits a benchmarked step is bound by, so that its distance to them is a number.
 
 The machine's limits are measured with XLA in the benchmark's own run (these VMs drift by ~25%):
-the best matrix-product rate over a few products shaped like MobileNet's pointwise layers (with
-XLA's default matmuls and with those of batched inference, `runtime.batch_inference_compiler_options`), and the
+the best matrix-product rate over a few products shaped like MobileNet's pointwise layers, and the
 stream bandwidth of a large element-wise pass. A step's matmul FLOPs come from the layer table
 (`cost.py`); the bytes it moves from XLA's cost analysis of the compiled step. The floor is the
 larger of the two times.
@@ -13,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from mnet_jax import cost, runtime
+from mnet_jax import cost
 
 # (M, K, N) of the products timed: a pointwise layer is (batch * pixels, C_in) x (C_in, C_out).
 DOT_SHAPES = ((8192, 256, 256), (4096, 512, 512), (2048, 1024, 1024))
@@ -35,12 +34,10 @@ def measure_limits(dtype: str = 'float32', repeats: int = 5) -> dict[str, Any]:
     return min(seconds)
 
   dot = jax.jit(jnp.dot)
-  rates, inference_options = [], runtime.batch_inference_compiler_options()
+  rates = []
   for m, k, n in DOT_SHAPES:
     a, b = jnp.ones((m, k), dtype), jnp.ones((k, n), dtype)
-    for options in [{}, inference_options] if inference_options else [{}]:  # XLA's default matmuls, and inference's
-      compiled = dot.lower(a, b).compile(compiler_options=options)
-      rates.append(2 * m * k * n / best_seconds(compiled, a, b) / 1e9)
+    rates.append(2 * m * k * n / best_seconds(dot, a, b) / 1e9)
   x = jnp.ones((STREAM_BYTES // jnp.dtype(dtype).itemsize,), dtype)
   stream = 2 * STREAM_BYTES / best_seconds(jax.jit(lambda v: v * 2 + 1), x) / 1e9  # one read, one write
   return {'dot_gflop_s': max(rates), 'stream_gb_s': stream, 'dtype': dtype}

@@ -1,5 +1,4 @@
-"""Process-wide settings: glibc's malloc (before the interpreter allocates), the compilation cache, and the
-XLA options of batched inference programs.
+"""Process-wide settings: glibc's malloc (before the interpreter allocates) and the compilation cache.
 
 XLA:CPU allocates every execution's buffers afresh. glibc serves blocks above 32 MiB with
 mmap (worker threads' arenas too) and unmaps them on free, so each train step page-faults
@@ -58,20 +57,6 @@ def use_compilation_cache(cache_dir: str | None, workdir: str) -> None:
   cache_dir = cache_dir or os.path.join(workdir, '.jax_cache')
   jax.config.update('jax_compilation_cache_dir', os.path.join(cache_dir, f'cpus{len(usable_cpus())}'))
   jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
-
-
-def batch_inference_compiler_options() -> dict[str, str]:
-  """XLA options for a batched inference program (pass to `.compile(compiler_options=...)`).
-
-  On CPU: XLA's own matmuls (Eigen) instead of YNNPACK's. Timed both ways in one process, in alternation
-  (`python tests/inference_matmuls.py`, BENCHMARKS.md session 13), batched inference was 12-26% faster at
-  0.25-36 (batch 64) and 0.5-160, and level at 1.0-63 and 1.0-224; at batch 1 neither was ahead, and the train
-  step, whose gradient products run side by side, was 8-100% slower. Evaluation keeps XLA's defaults, so the
-  study's numbers do not move (the two round differently: logits within 2e-6).
-  """
-  import jax
-
-  return {'xla_cpu_experimental_ynn_fusion_type': ''} if jax.default_backend() == 'cpu' else {}
 
 
 def usable_cpus() -> list[int]:

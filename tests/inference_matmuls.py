@@ -4,7 +4,7 @@ ways and timed in alternation (these VMs drift), then MobileNet 1.0-224's pointw
 
   python tests/inference_matmuls.py [ALPHA-RESOLUTION-BATCH ...]     # default: 1-224-32 0.25-36-64 1-63-64
 
-`runtime.batch_inference_compiler_options` chooses from what this prints (BENCHMARKS.md, session 13).
+Measured and not adopted: neither is ahead across sizes (BENCHMARKS.md, session 13).
 """
 
 import os
@@ -22,7 +22,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import optax  # noqa: E402
 
-from mnet_jax import folding  # noqa: E402
+from mnet_jax import benchmark, folding  # noqa: E402
 from mnet_jax.models import MobileNetV1  # noqa: E402
 
 BACKENDS = {'ynnpack': {}, 'xla': {'xla_cpu_experimental_ynn_fusion_type': ''}}
@@ -57,19 +57,9 @@ def model_rows(alpha: float, resolution: int, batch: int, rounds: int = 3) -> No
   folded = folding.fold(variables, model.bn_epsilon)
   infer = lambda params, x: folded_model.apply({'params': params}, x)  # noqa: E731
   tx = optax.sgd(0.01, momentum=0.9)
-
-  def step(params, batch_stats, opt_state, x, y):  # the benchmark's train step
-    def loss_fn(params):
-      logits, updates = model.apply({'params': params, 'batch_stats': batch_stats}, x, train=True,
-                                    mutable=['batch_stats'], rngs={'dropout': key})
-      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updates['batch_stats']
-    (_, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), batch_stats, opt_state
-
   state = [variables['params'], variables['batch_stats'], tx.init(variables['params'])]
   batched, single = compiled_both_ways(infer, folded, images), compiled_both_ways(infer, folded, images[:1])
-  train = compiled_both_ways(step, *state, images, labels)
+  train = compiled_both_ways(benchmark.sgd_train_step(model, tx, key), *state, images, labels)  # not donated
   one = images[:1]
   calls = max(1, int(2e9 / (batch * resolution ** 2 * 3 * 4e3 * alpha ** 2)))  # ~0.1-0.3 s per repeat
   for round_ in range(rounds):

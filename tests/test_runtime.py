@@ -59,24 +59,3 @@ def test_reexec_keeps_the_command_line_and_glibc_applies_the_tunables(tmp_path):
   assert run_probe(tmp_path) == ['start', 'start', f"{TUNABLES} ['a', '--b=c'] heap"]
   # Opted out: no re-exec, and glibc maps the block as usual (so the probe tells the two apart).
   assert run_probe(tmp_path, MNET_JAX_SYSTEM_MALLOC='1') == ['start', " ['a', '--b=c'] mapping"]
-
-
-def test_batch_inference_options_swap_the_matmuls_and_keep_the_logits():
-  """On CPU the batched inference program runs XLA's own matmuls instead of YNNPACK's (the option took effect),
-  and computes the logits of the program compiled with XLA's defaults, within float32 round-off."""
-  import jax
-  import numpy as np
-
-  from mnet_jax import folding
-  from mnet_jax.models import MobileNetV1
-
-  model = MobileNetV1(alpha=0.25, num_classes=10)
-  images = jax.random.normal(jax.random.key(1), (8, 32, 32, 3))
-  variables = model.init(jax.random.key(0), images[:1])
-  folded_model = folding.FoldedMobileNetV1.of(model)
-  folded = folding.fold(variables, model.bn_epsilon)
-  forward = jax.jit(lambda params, x: folded_model.apply({'params': params}, x)).lower(folded, images)
-  default, inference = forward.compile(), forward.compile(compiler_options=runtime.batch_inference_compiler_options())
-  if jax.default_backend() == 'cpu':
-    assert 'ynn' in default.as_text() and 'ynn' not in inference.as_text()
-  np.testing.assert_allclose(inference(folded, images), default(folded, images), rtol=1e-5, atol=1e-5)
