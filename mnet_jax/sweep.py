@@ -74,9 +74,17 @@ def expand_points(sweep: ml_collections.ConfigDict) -> list[Point]:
   if sweep.points:
     points = [parse_point(n) for n in sweep.points.split(',') if n.strip()]
   else:
-    points = [parse_point(Point(v, a, r).name) for v, a, r in itertools.product(
-        [v.strip() for v in sweep.variants.split(',') if v.strip()],
-        _numbers(sweep.alphas, float), _numbers(sweep.resolutions, int))]
+    axes = {'variants': ([v.strip() for v in sweep.variants.split(',') if v.strip()], architecture.check_variant),
+            'alphas': (_numbers(sweep.alphas, float), architecture.check_alpha),
+            'resolutions': (_numbers(sweep.resolutions, int), architecture.check_resolution)}
+    for field, (values, check) in axes.items():  # named by the field the user set, not by a point's name
+      for value in values:
+        try:
+          check(value)
+        except ValueError as e:
+          raise ValueError(f'sweep.{field}: {e}') from None
+    # Through the name: a point is what its name (its run directory) says, e.g. alpha 0.333333 for 1/3.
+    points = [parse_point(Point(*axis).name) for axis in itertools.product(*(values for values, _ in axes.values()))]
   if not points:
     raise ValueError('the sweep has no points')
   return list(dict.fromkeys(points))

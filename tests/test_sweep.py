@@ -5,11 +5,13 @@ processes against a one-CPU run."""
 import csv
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 from hooks import hooked
@@ -33,6 +35,17 @@ def test_point_names_round_trip():
   assert sweep.parse_point('conv_a1_r224').name == 'conv_a1_r224'
   with pytest.raises(ValueError, match='bad sweep point name'):
     sweep.parse_point('alpha1')
+
+
+@pytest.mark.parametrize('field, value, message', [
+    ('alphas', '0.5,-1', 'sweep.alphas: width multiplier alpha must be a positive number, got -1.0'),
+    ('resolutions', '64,16', 'sweep.resolutions: '),
+    ('variants', 'separable,dense', 'sweep.variants: '),
+])
+def test_a_bad_grid_value_is_named_by_its_field(field, value, message):
+  grid = {'points': '', 'variants': 'separable', 'alphas': '1', 'resolutions': '64', field: value}
+  with pytest.raises(ValueError, match=re.escape(message)):
+    sweep.expand_points(ml_collections.ConfigDict(grid))
 
 
 def smoke_command(workdir, data_dir, cache_dir, *extra) -> list[str]:
