@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import gc
 import logging
 import os
 import sys
@@ -25,6 +27,18 @@ def quiet_tensorflow() -> None:
   nothing for the tf.data image ops and checkpoint reads these tools use). Call before TensorFlow is imported."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
+
+def exit_without_collecting() -> None:
+  """At interpreter exit, skip the cyclic collector's passes over the millions of objects TensorFlow and JAX
+  create at import: 2.5-3.1 s of every tool's exit here, 0.4 s without.
+
+  The last `atexit` step freezes the heap (`gc.freeze`), so the collections of the interpreter's final teardown
+  find nothing to traverse. Other `atexit` hooks still run first and files are still flushed and closed; only
+  objects left in unreachable reference cycles are not finalised, which Python does not promise at exit anyway.
+  `atexit` runs hooks in reverse order: called before JAX and TensorFlow are imported, this one runs last.
+  """
+  atexit.register(gc.freeze)
 
 
 def one_line(error: BaseException) -> str:

@@ -236,4 +236,5 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == '__main__':
   cli.quiet_tensorflow()
+  cli.exit_without_collecting()
   sys.exit(main())

@@ -17,6 +17,7 @@ from ml_collections import config_flags
 from mnet_jax import cli, runtime
 
 cli.quiet_tensorflow()  # none of the imports above loads TensorFlow; train and input_pipeline do, later
+cli.exit_without_collecting()
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file (path.py[:arg]).', lock_config=True)

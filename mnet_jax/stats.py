@@ -11,13 +11,14 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy import stats as scipy_stats
 
 CONFIDENCE = 0.95
 
 
 def t_quantile(df: float, confidence: float = CONFIDENCE) -> float:
   """The two-sided Student-t critical value: t_{(1+confidence)/2, df}."""
+  from scipy import stats as scipy_stats  # here, not at the top: ~1 s to import, and a training run never needs it
+
   return float(scipy_stats.t.ppf((1 + confidence) / 2, df))
 
 
