@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import gc
 import logging
 import os
 import sys
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 USAGE_ERROR = 2
 
@@ -27,6 +28,23 @@ def quiet_tensorflow() -> None:
   nothing for the tf.data image ops and checkpoint reads these tools use). Call before TensorFlow is imported."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
+
+@contextlib.contextmanager
+def collector_paused_then_frozen() -> Iterator[None]:
+  """For the heavy imports (TensorFlow, JAX, Orbax): no cyclic collection while they run, then their objects
+  moved out of the collector's reach (`gc.freeze`).
+
+  Import makes millions of long-lived objects and almost no garbage; each full collection traverses all of
+  them. Here a tiny run spent 1.2 s in 8 such collections while importing and 1.35 s in 3 while training
+  (0.4-0.5 s each), of its ~20 s. Objects created after the block are collected as usual.
+  """
+  gc.disable()
+  try:
+    yield
+  finally:
+    gc.freeze()
+    gc.enable()
 
 
 def exit_without_collecting() -> None:

@@ -47,7 +47,8 @@ def main(argv: list[str]) -> int:
   if len(argv) > 1:
     print(f'error: unexpected arguments {" ".join(argv[1:])}', file=sys.stderr)
     return cli.USAGE_ERROR
-  from mnet_jax import checkpointing, input_pipeline, preemption, sweep, train  # after flag parsing: keeps --help fast
+  with cli.collector_paused_then_frozen():  # after flag parsing: keeps --help fast
+    from mnet_jax import checkpointing, input_pipeline, preemption, sweep, train
 
   # Library chatter (Orbax, TFDS) would drown the progress lines, and a failure ends in one line of ours: the
   # libraries' own error logs (e.g. Orbax's background writer reporting the failure the run then ends with) and

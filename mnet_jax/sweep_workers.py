@@ -108,7 +108,8 @@ def worker(workdir: str, point_name: str, seeds: str, cpus: str) -> int:
   cli.quiet_failed_writes()
   logging.set_verbosity(logging.FATAL)  # as in main: a failure is the run's row, not the libraries' logs
   config = ml_collections.ConfigDict(json.loads(sys.stdin.read()))
-  from mnet_jax import preemption, sweep  # after the affinity: they import JAX
+  with cli.collector_paused_then_frozen():  # after the affinity: they import JAX
+    from mnet_jax import preemption, sweep
   from mnet_jax.fileio import run_path
 
   runtime.use_compilation_cache(config.get('compilation_cache_dir'), workdir)
