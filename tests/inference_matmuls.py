@@ -8,8 +8,8 @@ Measured and not adopted: neither is ahead across sizes (BENCHMARKS.md, session 
 """
 
 import os
+import statistics
 import sys
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path[:0] = [REPO]
@@ -31,15 +31,10 @@ POINTWISE = ((401408, 32, 64), (100352, 64, 128), (100352, 128, 128), (25088, 12
 
 
 def median_ms(fn, *args, calls: int, repeats: int = 3) -> float:
-  for _ in range(2):
-    jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    for _ in range(calls):
-      jax.block_until_ready(fn(*args))
-    times.append((time.perf_counter() - start) / calls)
-  return 1e3 * sorted(times)[len(times) // 2]
+  """Median ms per call over `repeats` runs of `calls`, after the benchmark's warm-up."""
+  call = lambda: jax.block_until_ready(fn(*args))  # noqa: E731
+  benchmark.warm_up(call)
+  return 1e3 * statistics.median(benchmark.time_calls(call, calls, repeats))
 
 
 def compiled_both_ways(fn, *args) -> dict:
