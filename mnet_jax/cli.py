@@ -6,6 +6,7 @@ import argparse
 import atexit
 import contextlib
 import gc
+import importlib.util
 import logging
 import os
 import sys
@@ -23,11 +24,20 @@ class OneLineParser(argparse.ArgumentParser):
     self.exit(USAGE_ERROR, f'error: {message}\n')
 
 
-def quiet_tensorflow() -> None:
-  """Hide TensorFlow's start-up log (the oneDNN notice is its only line at import; oneDNN's graph rewrites do
-  nothing for the tf.data image ops and checkpoint reads these tools use). Call before TensorFlow is imported."""
+def configure_tensorflow() -> None:
+  """TensorFlow's environment for these tools; call before TensorFlow is imported.
+
+  - Its start-up log hidden (the oneDNN notice is its only line at import; oneDNN's graph rewrites do nothing
+    for the tf.data image ops and checkpoint reads these tools use).
+  - No Keras: TensorFlow imports Keras at its own import (to register Keras' optimizers), and Keras imports
+    matplotlib.pyplot, ~2 s of every process here; none of these tools uses `tf.keras`. `TF_USE_LEGACY_KERAS`
+    points TensorFlow at the `tf_keras` package instead, so where that is not installed it imports no Keras
+    (and `tf.keras` would raise). The Keras peer of the benchmark and the tests' Keras models do not call this.
+  """
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+  if importlib.util.find_spec('tf_keras') is None:
+    os.environ.setdefault('TF_USE_LEGACY_KERAS', '1')
 
 
 @contextlib.contextmanager

@@ -235,6 +235,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == '__main__':
-  cli.quiet_tensorflow()
+  cli.configure_tensorflow()
   cli.exit_without_collecting()
   sys.exit(main())

@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 from mnet_jax import cli, runtime
 
-cli.quiet_tensorflow()  # none of the imports above loads TensorFlow; train and input_pipeline do, later
+cli.configure_tensorflow()  # none of the imports above loads TensorFlow; train and input_pipeline do, later
 cli.exit_without_collecting()
 
 FLAGS = flags.FLAGS

@@ -103,7 +103,7 @@ def run_points(config: ml_collections.ConfigDict, workdir: str, todo: list, pend
 def worker(workdir: str, point_name: str, seeds: str, cpus: str) -> int:
   """One point's runs on the given CPUs, with the sweep's config read from stdin as JSON."""
   os.sched_setaffinity(0, [int(c) for c in cpus.split(',')])  # before JAX starts: it sizes its threads by it
-  cli.quiet_tensorflow()
+  cli.configure_tensorflow()
   cli.exit_without_collecting()
   cli.quiet_failed_writes()
   logging.set_verbosity(logging.FATAL)  # as in main: a failure is the run's row, not the libraries' logs
