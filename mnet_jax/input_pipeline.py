@@ -109,8 +109,7 @@ def train_batches(data: Any, *, global_batch_size: int, resolution: int, seed: i
         image = tf.gather(image, columns, axis=2, batch_dims=1)
       return {'image': image, 'label': label}
 
-    return _numpy(counters.batch(local_batch_size).map(load_batch, num_parallel_calls=_AUTOTUNE,
-                                                       deterministic=True))
+    return _numpy(_map(counters.batch(local_batch_size), load_batch))
 
   def load(position: tf.Tensor, image: tf.Tensor, label: tf.Tensor) -> dict[str, tf.Tensor]:
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(tf.stack([seed, position]), 2))
@@ -120,8 +119,7 @@ def train_batches(data: Any, *, global_batch_size: int, resolution: int, seed: i
     image = tf.image.stateless_random_flip_left_right(image, flip_seed) if data.flip else image
     return {'image': image, 'label': label}
 
-  examples = _fetched(counters.map(locate, num_parallel_calls=_AUTOTUNE, deterministic=True), fetch)
-  dataset = examples.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
+  dataset = _map(_fetched(_map(counters, locate), fetch), load)
   return _numpy(dataset.batch(local_batch_size, drop_remainder=True))
 
 
@@ -149,8 +147,7 @@ def eval_batches(data: Any, *, global_batch_size: int, resolution: int, process_
     return {'image': image, 'label': label, 'mask': tf.cast(position < size, tf.float32)}
 
   counters = tf.data.Dataset.range(num_batches * local_batch_size)
-  examples = _fetched(counters.map(locate, num_parallel_calls=_AUTOTUNE, deterministic=True), fetch)
-  dataset = examples.map(load, num_parallel_calls=_AUTOTUNE, deterministic=True)
+  dataset = _map(_fetched(_map(counters, locate), fetch), load)
   return _numpy(dataset.batch(local_batch_size))
 
 
@@ -266,12 +263,11 @@ def _preprocessed_in_memory(builder: tfds.core.DatasetBuilder, data: Any,
     decoded = _decoded_in_memory(builder, data, encoded, key[:-1])
     if decoded is None:  # images of several sizes: decode and resize each
       whole = tf.constant([0, 0], tf.int64)  # any seed: the crop is the whole image
-      images = tf.data.Dataset.from_tensor_slices(encoded).map(
-          lambda image: _scale(_train_image(image, resolution, data, whole)), num_parallel_calls=_AUTOTUNE)
-      images = images.batch(1024)
+      images = _map(tf.data.Dataset.from_tensor_slices(encoded),
+                    lambda image: _scale(_train_image(image, resolution, data, whole))).batch(1024)
     else:  # resizing a batch gives each image bitwise what resizing it alone gives
-      images = tf.data.Dataset.from_tensor_slices(decoded).batch(1024).map(
-          lambda batch: _scale(_resize(batch, resolution)), num_parallel_calls=_AUTOTUNE)
+      images = _map(tf.data.Dataset.from_tensor_slices(decoded).batch(1024),
+                    lambda batch: _scale(_resize(batch, resolution)))
     _PREPROCESSED[key] = (tf.concat(list(_numpy(images)), axis=0), tf.constant(labels))
   return _PREPROCESSED[key]
 
@@ -286,8 +282,8 @@ def _decoded_in_memory(builder: tfds.core.DatasetBuilder, data: Any, encoded: np
   if key not in _DECODED:
     _DECODED.clear()
     whole = lambda image_shape: tf.stack([0, 0, image_shape[0], image_shape[1]])  # noqa: E731
-    images = tf.data.Dataset.from_tensor_slices(encoded).map(
-        lambda image: tf.ensure_shape(_decode_window(image, whole), shape), num_parallel_calls=_AUTOTUNE)
+    images = _map(tf.data.Dataset.from_tensor_slices(encoded),
+                  lambda image: tf.ensure_shape(_decode_window(image, whole), shape))
     _DECODED[key] = tf.concat(list(_numpy(images.batch(1024))), axis=0)
   return _DECODED[key]
 
@@ -297,9 +293,7 @@ _READ_CHUNK = 64  # examples fetched per call of the reader
 
 def _fetched(locations: tf.data.Dataset, fetch: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]) -> tf.data.Dataset:
   """(position, index) elements -> (position, image, label), fetched for _READ_CHUNK indices at a time."""
-  chunks = locations.batch(_READ_CHUNK).map(lambda position, index: (position, *fetch(index)),
-                                            num_parallel_calls=_AUTOTUNE, deterministic=True)
-  return chunks.unbatch()
+  return _map(locations.batch(_READ_CHUNK), lambda position, index: (position, *fetch(index))).unbatch()
 
 
 def _random_access(builder: tfds.core.DatasetBuilder, data: Any,
@@ -436,6 +430,13 @@ def _local_batch_size(global_batch_size: int, process_count: int) -> int:
     raise ValueError(f'global batch size {global_batch_size} must be a positive multiple of the '
                      f'process count {process_count}')
   return global_batch_size // process_count
+
+
+def _map(dataset: tf.data.Dataset, function: Callable[..., Any]) -> tf.data.Dataset:
+  """`dataset.map`, in parallel and in order, without AutoGraph: these functions branch with `tf.cond`
+  themselves, and AutoGraph's rewriting of their source took ~0.7 s of every run's start (BENCHMARKS.md)."""
+  return dataset.map(tf.autograph.experimental.do_not_convert(function), num_parallel_calls=_AUTOTUNE,
+                     deterministic=True)
 
 
 def _numpy(dataset: tf.data.Dataset) -> Iterator[Any]:
