@@ -23,6 +23,13 @@ def abstract_variables(model: MobileNetV1, resolution: int):
   return jax.eval_shape(model.init, jax.random.key(0), images)
 
 
+def compiled_unoptimized(function, *args):
+  """`function` jitted and compiled for `args`' shapes without LLVM's optimisations, as the subprocess runs are
+  (`test_train.subprocess_env`), for programs a test runs only a few times: MobileNet 0.25's `init` (its random
+  draws) took 7.6 s to compile at XLA's default level and 2.5 s without, and 14 s run eagerly."""
+  return jax.jit(function).lower(*args).compile(compiler_options={'xla_backend_optimization_level': 0})
+
+
 def random_variables(model: MobileNetV1, resolution: int = 32, seed: int = 0):
   """Variables of the right shapes, He-scaled kernels, BN at its initial statistics.
 
@@ -230,8 +237,9 @@ def test_bfloat16_training_step_keeps_float32_statistics(small_model, images):
 def test_slim_initializer_is_tf_slims_truncated_normal():
   # tf.truncated_normal_initializer(stddev=0.09): a N(0, 0.09) cut at 2 std (std 0.09 * 0.8796), on every
   # kernel including the classifier's; He normal gives the 3x3 depthwise kernels (fan-in 9) std sqrt(2/9).
-  def init(model):  # jitted: run eagerly, the forward pass of α 1 took ~7 s
-    return jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+  def init(model):
+    args = jax.random.key(0), jnp.zeros((1, 32, 32, 3))
+    return compiled_unoptimized(model.init, *args)(*args)['params']
 
   slim, he = init(MobileNetV1(alpha=1.0, kernel_init='slim')), init(MobileNetV1(alpha=1.0))
   for name in ('stem', 'block13_depthwise', 'block13_pointwise', 'classifier'):

@@ -4,6 +4,7 @@ Every comparison is against an independent run: an uninterrupted run, a single-d
 a single-process run — never the code against itself.
 """
 
+import functools
 import json
 import os
 import pathlib
@@ -20,6 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from hooks import hooked
+from test_models import compiled_unoptimized
 
 from mnet_jax import input_pipeline, train
 from mnet_jax.config_util import sibling
@@ -257,14 +259,15 @@ def test_ema_of_weights_and_batch_stats_follows_the_reference_formula():
 
   model = train.create_model(make_config({'model.alpha': 0.25}).model, 5)
   tx = optax.sgd(0.5)
-  state = train.init_state(model, tx, 0, use_ema=True)
-  step = jax.jit(lambda s, b: train.train_step(s, b, 0, model=model, tx=tx, schedule=optax.constant_schedule(0.5),
-                                               label_smoothing=0.0, ema_decay=0.9))
+  state = compiled_unoptimized(functools.partial(train.init_state, model, tx, use_ema=True), 0)(0)
   rng = np.random.default_rng(0)
-  expected = {'params': state.params, 'batch_stats': state.batch_stats}
-  for t in range(4):
-    batch = {'image': jnp.asarray(rng.uniform(-1, 1, (8, 32, 32, 3)), jnp.float32),
-             'label': jnp.asarray(rng.integers(0, 5, 8), jnp.int32)}
+  batches = [{'image': jnp.asarray(rng.uniform(-1, 1, (8, 32, 32, 3)), jnp.float32),
+              'label': jnp.asarray(rng.integers(0, 5, 8), jnp.int32)} for _ in range(4)]
+  step = compiled_unoptimized(lambda s, b: train.train_step(
+      s, b, 0, model=model, tx=tx, schedule=optax.constant_schedule(0.5), label_smoothing=0.0, ema_decay=0.9),
+      state, batches[0])
+  init = expected = {'params': state.params, 'batch_stats': state.batch_stats}
+  for t, batch in enumerate(batches):
     state, _ = step(state, batch)
     decay = min(0.9, (1 + t) / (10 + t))
     expected = {k: jax.tree.map(lambda e, p, d=decay: d * e + (1 - d) * p, expected[k], getattr(state, k))
@@ -273,7 +276,6 @@ def test_ema_of_weights_and_batch_stats_follows_the_reference_formula():
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
       np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
   # After 4 updates the init still weighs 0.1 * 2/11 * 3/12 * 4/13 = 0.0014 (a fixed 0.9 would leave 0.66).
-  init = train.init_state(model, tx, 0, use_ema=True).params
   kernel = lambda tree: np.asarray(tree['block10_depthwise']['kernel'])  # noqa: E731
   distance = lambda a, b: np.abs(kernel(a) - kernel(b)).max()  # noqa: E731
-  assert distance(state.ema_params, state.params) < 0.5 * distance(init, state.params)
+  assert distance(state.ema_params, state.params) < 0.5 * distance(init['params'], state.params)
