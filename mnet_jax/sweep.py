@@ -26,7 +26,6 @@ from mnet_jax import (
   cli,
   cost,
   input_pipeline,
-  plot,
   preemption,
   probes,
   report,
@@ -297,6 +296,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> int:
       probes.measured_tflite(config.sweep, run, point_dir, [run_dir(workdir, point, s) for s in seeds])
   table = collect_rows(config, workdir, points, seeds, num_classes)
   if jax.process_index() == 0:
+    from mnet_jax import plot  # imports matplotlib (~0.3 s): not in every single run and sweep worker
+
     report.write_results(workdir, table)
     claims.write_markdown(workdir, table)
     figures = plot.make_figures(table, workdir, dataset=config.data.name)
