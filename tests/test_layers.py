@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_models import compiled_unoptimized
 
 from mnet_jax import layers
 from mnet_jax.models import MobileNetV1
@@ -95,7 +96,7 @@ def test_resolve_depthwise_impl():
 def test_model_paths_agree_and_share_parameters():
   images = jax.random.normal(jax.random.PRNGKey(2), (2, 40, 40, 3))
   shifted, grouped = (MobileNetV1(alpha=0.25, num_classes=5, depthwise_impl=i) for i in ('shifted', 'grouped'))
-  variables = jax.jit(shifted.init)(jax.random.PRNGKey(0), images)  # jitted: eagerly it takes seconds
+  variables = compiled_unoptimized(shifted.init, jax.random.PRNGKey(0), images)(jax.random.PRNGKey(0), images)
   assert jax.tree.structure(variables) == jax.tree.structure(jax.eval_shape(grouped.init, jax.random.PRNGKey(0),
                                                                             images))
   assert variables['params']['block1_depthwise']['kernel'].shape == (3, 3, 1, 8)
@@ -105,12 +106,14 @@ def test_model_paths_agree_and_share_parameters():
     def fn(params):
       logits, updates = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, images,
                                     train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(3)})
-      return jnp.sum(jnp.sin(logits)), updates['batch_stats']
+      return jnp.sum(jnp.sin(logits)), (logits, updates['batch_stats'])
     return jax.jit(jax.value_and_grad(fn, has_aux=True))
 
-  (value_s, stats_s), grads_s = loss(shifted)(variables['params'])
-  (value_g, stats_g), grads_g = loss(grouped)(variables['params'])
-  np.testing.assert_allclose(value_s, value_g, rtol=1e-4)
+  (_, (logits_s, stats_s)), grads_s = loss(shifted)(variables['params'])
+  (_, (logits_g, stats_g)), grads_g = loss(grouped)(variables['params'])
+  # The logits, not their summed sines: that sum (~0.12 of ten terms near 1) cancels, and its relative error
+  # says nothing about the paths.
+  np.testing.assert_allclose(logits_s, logits_g, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(logits_g))))
   # float32 through train-mode BatchNorm on 2 images: compare to each leaf's scale.
   for a, b in zip(jax.tree.leaves((grads_s, stats_s)), jax.tree.leaves((grads_g, stats_g)), strict=True):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3 * float(jnp.max(jnp.abs(b))))
