@@ -54,8 +54,9 @@ def learning_rate_schedule(optim: Any, batch_size: int, steps_per_epoch: int,
   return optax.join_schedules([warmup, decay], [warmup_steps])
 
 
-def create_optimizer(optim: Any, params: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
-  """optax chain: [clip] -> masked L2 -> RMSprop | SGD with momentum."""
+def create_optimizer(optim: Any, schedule: optax.Schedule) -> optax.GradientTransformation:
+  """optax chain: [clip] -> masked L2 -> RMSprop | SGD with momentum. The L2 mask is a function of the
+  parameters the chain is given (`weight_decay_mask`), so building the chain needs none."""
   if optim.optimizer == 'rmsprop':
     # TF's RMSPropOptimizer: mean square initialised to 1 (rmsprop_initial_scale), epsilon inside the
     # sqrt, momentum applied after the learning rate.
@@ -70,5 +71,5 @@ def create_optimizer(optim: Any, params: Any, schedule: optax.Schedule) -> optax
   if optim.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(optim.grad_clip_norm))
   if optim.weight_decay:
-    parts.append(optax.add_decayed_weights(optim.weight_decay, mask=weight_decay_mask(params)))
+    parts.append(optax.add_decayed_weights(optim.weight_decay, mask=weight_decay_mask))
   return optax.chain(*parts, base)

@@ -313,7 +313,7 @@ def train_seeds_together(config: ml_collections.ConfigDict, seeds: Sequence[int]
   create_model(config.model, 1).check()
   architecture.check_resolution(config.model.resolution)
   # An unknown optimizer or schedule is bad input too: say so before the workdir is written.
-  optim.create_optimizer(config.optim, {}, optim.learning_rate_schedule(config.optim, 1, 1, 1))
+  optim.create_optimizer(config.optim, optim.learning_rate_schedule(config.optim, 1, 1, 1))
   input_pipeline.check_eval_preprocess(config.data)  # else it would fail only at the first evaluation
   if config.batch_size < 1 or config.batch_size % jax.device_count():
     raise ValueError(f'batch_size {config.batch_size} is not a positive multiple of the '
@@ -447,8 +447,7 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
   resolution = config.model.resolution
   steps_per_epoch, total_steps = num_train_steps(config, info.num_train)
   schedule = optim.learning_rate_schedule(config.optim, config.batch_size, steps_per_epoch, max(total_steps, 1))
-  abstract = jax.eval_shape(lambda: init_state(model, optax.identity(), config.seed, False))
-  tx = optim.create_optimizer(config.optim, abstract.params, schedule)
+  tx = optim.create_optimizer(config.optim, schedule)
   runs = _Runs(configs, model, tx, schedule, make_mesh())
 
   managers = [checkpointing.create_manager(w, config.max_checkpoints_to_keep) for w in workdirs]

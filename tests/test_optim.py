@@ -46,7 +46,7 @@ def test_depthwise_kernels_are_not_decayed_but_pointwise_are():
   params = _params()
   config = _optim_config(optimizer='sgd', momentum=0.0, weight_decay=0.5, learning_rate=1.0,
                          base_batch_size=1)
-  tx = optim.create_optimizer(config, params, optax.constant_schedule(1.0))
+  tx = optim.create_optimizer(config, optax.constant_schedule(1.0))
   zero_grads = jax.tree.map(jnp.zeros_like, params)
   updates, _ = tx.update(zero_grads, tx.init(params), params)
   # With zero gradients, SGD's update is -lr * weight_decay * w on decayed parameters only.
@@ -63,7 +63,7 @@ def test_rmsprop_matches_tensorflow_update_rule(initial_scale, epsilon):
   mom = m*mom + lr*g/sqrt(ms+eps)."""
   config = _optim_config(weight_decay=0.0, rmsprop_initial_scale=initial_scale, epsilon=epsilon)
   w = {'kernel': jnp.array([1.0, -2.0, 3.0])}
-  tx = optim.create_optimizer(config, w, optax.constant_schedule(0.1))
+  tx = optim.create_optimizer(config, optax.constant_schedule(0.1))
   state = tx.init(w)
   ms, mom, ref = np.full(3, initial_scale), np.zeros(3), np.array(w['kernel'])
   rng = np.random.default_rng(0)
