@@ -30,6 +30,11 @@ def compiled_unoptimized(function, *args):
   return jax.jit(function).lower(*args).compile(compiler_options={'xla_backend_optimization_level': 0})
 
 
+def run_unoptimized(function, *args):
+  """`function(*args)`, compiled by `compiled_unoptimized`: for a program a test runs once."""
+  return compiled_unoptimized(function, *args)(*args)
+
+
 def random_variables(model: MobileNetV1, resolution: int = 32, seed: int = 0):
   """Variables of the right shapes, He-scaled kernels, BN at its initial statistics.
 
@@ -238,8 +243,7 @@ def test_slim_initializer_is_tf_slims_truncated_normal():
   # tf.truncated_normal_initializer(stddev=0.09): a N(0, 0.09) cut at 2 std (std 0.09 * 0.8796), on every
   # kernel including the classifier's; He normal gives the 3x3 depthwise kernels (fan-in 9) std sqrt(2/9).
   def init(model):
-    args = jax.random.key(0), jnp.zeros((1, 32, 32, 3))
-    return compiled_unoptimized(model.init, *args)(*args)['params']
+    return run_unoptimized(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
 
   slim, he = init(MobileNetV1(alpha=1.0, kernel_init='slim')), init(MobileNetV1(alpha=1.0))
   for name in ('stem', 'block13_depthwise', 'block13_pointwise', 'classifier'):

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from test_models import compiled_unoptimized
+from test_models import run_unoptimized
 
 from mnet_jax import optim
 from mnet_jax.models import MobileNetV1
@@ -25,8 +25,8 @@ def _optim_config(**overrides):
 
 @functools.cache
 def _params():
-  args = jax.random.key(0), jnp.zeros((1, 32, 32, 3))
-  return compiled_unoptimized(MobileNetV1(alpha=0.25, num_classes=10).init, *args)(*args)['params']
+  return run_unoptimized(MobileNetV1(alpha=0.25, num_classes=10).init, jax.random.key(0),
+                         jnp.zeros((1, 32, 32, 3)))['params']
 
 
 def test_weight_decay_mask_by_layer_kind():

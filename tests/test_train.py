@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from hooks import hooked
-from test_models import compiled_unoptimized
+from test_models import compiled_unoptimized, run_unoptimized
 
 from mnet_jax import input_pipeline, train
 from mnet_jax.config_util import sibling
@@ -259,7 +259,7 @@ def test_ema_of_weights_and_batch_stats_follows_the_reference_formula():
 
   model = train.create_model(make_config({'model.alpha': 0.25}).model, 5)
   tx = optax.sgd(0.5)
-  state = compiled_unoptimized(functools.partial(train.init_state, model, tx, use_ema=True), 0)(0)
+  state = run_unoptimized(functools.partial(train.init_state, model, tx, use_ema=True), 0)
   rng = np.random.default_rng(0)
   batches = [{'image': jnp.asarray(rng.uniform(-1, 1, (8, 32, 32, 3)), jnp.float32),
               'label': jnp.asarray(rng.integers(0, 5, 8), jnp.int32)} for _ in range(4)]

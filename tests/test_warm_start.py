@@ -15,7 +15,7 @@ import optax
 import pytest
 from hooks import hooked
 from test_convert import keras_mobilenet, randomize
-from test_models import compiled_unoptimized
+from test_models import abstract_variables, run_unoptimized
 from test_train import (
   REPO,
   assert_identical_params,
@@ -62,12 +62,9 @@ def test_weights_that_do_not_fit_give_one_line_and_write_nothing(reference_run, 
   assert not (tmp_path / 'run').exists()
 
 
-def _variables(model: MobileNetV1, seed: int, abstract: bool = False) -> dict:
-  args = jax.random.key(seed), jnp.zeros((1, 32, 32, 3))
-  init = functools.partial(model.init, train=False)
-  if abstract:
-    return jax.eval_shape(init, *args)
-  variables = compiled_unoptimized(init, *args)(*args)
+def _variables(model: MobileNetV1, seed: int) -> dict:
+  variables = run_unoptimized(functools.partial(model.init, train=False), jax.random.key(seed),
+                              jnp.zeros((1, 32, 32, 3)))
   # Statistics that differ from the initial ones, so that taking them is visible.
   return jax.tree.map(lambda x: x + 0.25, variables) if seed else variables
 
@@ -75,7 +72,7 @@ def _variables(model: MobileNetV1, seed: int, abstract: bool = False) -> dict:
 def test_fine_tuning_to_another_class_count_keeps_every_layer_but_the_classifier():
   source = _variables(MobileNetV1(alpha=0.25, num_classes=10), seed=1)
   model = MobileNetV1(alpha=0.25, num_classes=16)
-  abstract = _variables(model, 0, abstract=True)
+  abstract = abstract_variables(model, 32)
   weights = warm_start.Weights(source['params'], source['batch_stats'], 'src', 'weights')
   with pytest.raises(warm_start.InitFromError, match='classifier/bias is \\(10,\\), the model needs \\(16,\\)'):
     warm_start.fit(weights, abstract, replace_classifier=False)  # evaluating: a mismatch is an error
@@ -83,7 +80,7 @@ def test_fine_tuning_to_another_class_count_keeps_every_layer_but_the_classifier
   assert note == 'weights of src; classifier replaced (10 -> 16 classes, newly initialised)'
 
   tx = optax.sgd(0.1, momentum=0.9)
-  fresh = compiled_unoptimized(functools.partial(train.init_state, model, tx, use_ema=True), 3)(3)
+  fresh = run_unoptimized(functools.partial(train.init_state, model, tx, use_ema=True), 3)
   fresh = fresh.replace(opt_state=jax.tree.map(lambda x: x + 1.0, fresh.opt_state))  # a non-initial optimizer
   state = train.start_from(fresh, fitted.params, fitted.batch_stats, tx=tx, use_ema=True)
   got, imported, initial = flat(state.params), flat(source['params']), flat(fresh.params)
