@@ -23,11 +23,17 @@ def abstract_variables(model: MobileNetV1, resolution: int):
   return jax.eval_shape(model.init, jax.random.key(0), images)
 
 
+# XLA:CPU options for programs a test runs only a few times, where compiling is most of the cost: without LLVM's
+# optimisations, and with XLA's earlier (LLVM IR) fusion emitters instead of its MLIR ones. MobileNet 0.25's
+# `init` (its random draws) took 7.6 s to compile at XLA's defaults, 2.5 s at level 0 and 1.7-1.9 s with both
+# (its 24-step tiny-run train step: 3.7-4.2 s at level 0, 2.8 s with both); the init took 14 s run eagerly.
+FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_cpu_use_fusion_emitters': False}
+
+
 def compiled_unoptimized(function, *args):
-  """`function` jitted and compiled for `args`' shapes without LLVM's optimisations, as the subprocess runs are
-  (`test_train.subprocess_env`), for programs a test runs only a few times: MobileNet 0.25's `init` (its random
-  draws) took 7.6 s to compile at XLA's default level and 2.5 s without, and 14 s run eagerly."""
-  return jax.jit(function).lower(*args).compile(compiler_options={'xla_backend_optimization_level': 0})
+  """`function` jitted and compiled for `args`' shapes with `FAST_COMPILE`, as the subprocess runs are
+  (`test_train.subprocess_env`)."""
+  return jax.jit(function).lower(*args).compile(compiler_options=FAST_COMPILE)
 
 
 def run_unoptimized(function, *args):

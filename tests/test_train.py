@@ -21,7 +21,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from hooks import hooked
-from test_models import compiled_unoptimized, run_unoptimized
+from test_models import FAST_COMPILE, compiled_unoptimized, run_unoptimized
 
 from mnet_jax import input_pipeline, train
 from mnet_jax.config_util import sibling
@@ -63,9 +63,10 @@ def main_command(workdir, overrides: dict, *extra, preset: str = '', config_file
 
 def subprocess_env(cache_dir, devices: int = 1, x64: bool = False) -> dict:
   env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED='1', JAX_ENABLE_X64='1' if x64 else '0')
-  # LLVM's optimizations off: compiling, not running, is most of these short runs (~1.4x faster cold); every
-  # subprocess run compiles alike, so the comparisons between them are unaffected.
-  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0'
+  # Compiled for compile time (`test_models.FAST_COMPILE`); every subprocess run compiles alike, so the
+  # comparisons between them are unaffected.
+  env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices} ' + ' '.join(
+      f'--{flag}={str(value).lower()}' for flag, value in FAST_COMPILE.items())
   env['JAX_NUM_CPU_DEVICES'] = str(devices)
   return env
 
