@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import gc
+import os
 
 import pytest
+
+# In-process programs compiled for compile time, as the subprocess runs' are (`test_models.FAST_COMPILE`): most
+# run once or a few times. Set before JAX starts; the one test that trains long runs in a subprocess of its own.
+os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0 " \
+                          '--xla_cpu_use_fusion_emitters=false'.strip()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
