@@ -188,11 +188,12 @@ def checkpoint_steps(workdir) -> list[int]:
   return sorted(int(p.name) for p in (workdir / 'checkpoints').iterdir() if p.name.isdigit())
 
 
-def test_divergence_stops_naming_the_step_and_keeps_only_finite_checkpoints(tiny_data_dir, tmp_path):
+def test_divergence_stops_naming_the_step_and_keeps_only_finite_checkpoints(tiny_data_dir, cache_dir, tmp_path):
   # A staircase 'decay' by inf every 4 steps: the rate is 0.1 for steps 1-4, then inf. Step 5's
   # loss and gradient are still finite (computed before the update); only its parameters are not. Checkpoints
   # at every step, so that state would be saved unless caught at the very step it appears.
-  overrides = tiny_overrides(tiny_data_dir, num_train_steps=12, checkpoint_every_steps=1, **{
+  overrides = tiny_overrides(tiny_data_dir, num_train_steps=12, checkpoint_every_steps=1,
+                             compilation_cache_dir=str(cache_dir), **{
       'optim.schedule': 'exponential', 'optim.decay_rate': float('inf'), 'optim.decay_epochs': 0.2})
   result = subprocess.run(main_command(tmp_path, overrides), env=subprocess_env(tmp_path), capture_output=True,
                           text=True, timeout=300)
@@ -222,12 +223,12 @@ def small_filesystem_supported(tmp_path) -> bool:
   return result.returncode == 0
 
 
-def test_full_disk_while_checkpointing_is_one_line_exit_2_and_keeps_the_previous_checkpoint(tiny_data_dir,
+def test_full_disk_while_checkpointing_is_one_line_exit_2_and_keeps_the_previous_checkpoint(tiny_data_dir, cache_dir,
                                                                                              tmp_path):
   if not small_filesystem_supported(tmp_path):
     pytest.skip('cannot mount a small tmpfs here (needs `unshare -rm`: unprivileged user namespaces)')
-  cache = tmp_path / 'cache'  # on the real disk: the compilation cache is not what this test fills
-  overrides = tiny_overrides(tiny_data_dir, num_train_steps=4, compilation_cache_dir=str(cache),
+  # The compilation cache stays on the real disk: it is not what this test fills.
+  overrides = tiny_overrides(tiny_data_dir, num_train_steps=4, compilation_cache_dir=str(cache_dir),
                              **{'optim.schedule': 'constant'})  # both runs compile the same step
   subprocess.run(main_command(tmp_path / 'run', overrides), env=subprocess_env(tmp_path), check=True, timeout=300,
                  capture_output=True)
