@@ -6,11 +6,11 @@ import gc
 import os
 
 import pytest
+from fast_compile import FAST_COMPILE, xla_flags
 
-# In-process programs compiled for compile time, as the subprocess runs' are (`test_models.FAST_COMPILE`): most
-# run once or a few times. Set before JAX starts; the one test that trains long runs in a subprocess of its own.
-os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} --xla_backend_optimization_level=0 " \
-                          '--xla_cpu_use_fusion_emitters=false'.strip()
+# In-process programs compiled for compile time, as the subprocess runs' are; set before JAX starts. The one test
+# that trains long runs in a subprocess of its own, at XLA's defaults.
+os.environ['XLA_FLAGS'] = ' '.join([os.environ.get('XLA_FLAGS', ''), *xla_flags(FAST_COMPILE)]).strip()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

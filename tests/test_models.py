@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from fast_compile import FAST_COMPILE
 
 from mnet_jax import architecture, cost
 from mnet_jax.models import MobileNetV1
@@ -23,16 +24,9 @@ def abstract_variables(model: MobileNetV1, resolution: int):
   return jax.eval_shape(model.init, jax.random.key(0), images)
 
 
-# XLA:CPU options for programs a test runs only a few times, where compiling is most of the cost: without LLVM's
-# optimisations, and with XLA's earlier (LLVM IR) fusion emitters instead of its MLIR ones. MobileNet 0.25's
-# `init` (its random draws) took 7.6 s to compile at XLA's defaults, 2.5 s at level 0 and 1.7-1.9 s with both
-# (its 24-step tiny-run train step: 3.7-4.2 s at level 0, 2.8 s with both); the init took 14 s run eagerly.
-FAST_COMPILE = {'xla_backend_optimization_level': 0, 'xla_cpu_use_fusion_emitters': False}
-
-
 def compiled_unoptimized(function, *args):
-  """`function` jitted and compiled for `args`' shapes with `FAST_COMPILE`, as the subprocess runs are
-  (`test_train.subprocess_env`)."""
+  """`function` jitted and compiled for `args`' shapes with `FAST_COMPILE`, whatever XLA_FLAGS says (the suite's
+  conftest sets them too; this also holds where a test module is run without it)."""
   return jax.jit(function).lower(*args).compile(compiler_options=FAST_COMPILE)
 
 

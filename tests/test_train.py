@@ -20,8 +20,9 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from fast_compile import FAST_COMPILE, xla_flags
 from hooks import hooked
-from test_models import FAST_COMPILE, compiled_unoptimized, run_unoptimized
+from test_models import compiled_unoptimized, run_unoptimized
 
 from mnet_jax import input_pipeline, train
 from mnet_jax.config_util import sibling
@@ -63,11 +64,10 @@ def main_command(workdir, overrides: dict, *extra, preset: str = '', config_file
 
 def subprocess_env(cache_dir, devices: int = 1, x64: bool = False, fast_compile: bool = True) -> dict:
   env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED='1', JAX_ENABLE_X64='1' if x64 else '0')
-  # Compiled for compile time (`test_models.FAST_COMPILE`), unless the run is long; every subprocess run compiles
-  # alike, so the comparisons between them are unaffected.
-  flags = FAST_COMPILE.items() if fast_compile else ()
+  # Compiled for compile time (`fast_compile`), unless the run is long; every subprocess run of a comparison
+  # compiles alike, so the comparisons are unaffected.
   env['XLA_FLAGS'] = ' '.join([f'--xla_force_host_platform_device_count={devices}',
-                               *(f'--{flag}={str(value).lower()}' for flag, value in flags)])
+                               *xla_flags(FAST_COMPILE if fast_compile else {})])
   env['JAX_NUM_CPU_DEVICES'] = str(devices)
   return env
 
