@@ -29,6 +29,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from mnet_jax import datasets, philox
+from mnet_jax.config_checks import EVAL_PREPROCESSING, unknown
 
 # TF must not claim the accelerator memory that JAX uses.
 tf.config.set_visible_devices([], 'GPU')
@@ -358,14 +359,11 @@ def _train_image(encoded: tf.Tensor, resolution: int, data: Any, seed: tf.Tensor
   return _resize(_decode_window(encoded, window), resolution)
 
 
-EVAL_PREPROCESSING = ('square', 'slim')
-
-
 def check_eval_preprocess(data: Any) -> str:
   """The configured evaluation preprocessing; DatasetError naming the choices if it is unknown."""
-  mode = data.get('eval_preprocess', 'square')
+  mode = data.get('eval_preprocess', EVAL_PREPROCESSING[0])
   if mode not in EVAL_PREPROCESSING:
-    raise DatasetError(f'unknown data.eval_preprocess {mode!r}; expected {" or ".join(EVAL_PREPROCESSING)}')
+    raise DatasetError(unknown('data.eval_preprocess', mode, EVAL_PREPROCESSING))
   return mode
 
 

@@ -14,7 +14,7 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mnet_jax import cli, runtime
+from mnet_jax import cli, config_checks, runtime
 
 cli.configure_tensorflow()  # none of the imports above loads TensorFlow; train and input_pipeline do, later
 cli.exit_without_collecting()
@@ -47,6 +47,11 @@ def main(argv: list[str]) -> int:
   if len(argv) > 1:
     print(f'error: unexpected arguments {" ".join(argv[1:])}', file=sys.stderr)
     return cli.USAGE_ERROR
+  config = FLAGS.config
+  try:
+    config_checks.check(config, FLAGS['config'].override_values)  # before the imports: a mistake at once
+  except ValueError as e:
+    return _usage_error(e)
   with cli.collector_paused_then_frozen():  # after flag parsing: keeps --help fast
     from mnet_jax import checkpointing, input_pipeline, preemption, sweep, train
 
@@ -56,10 +61,7 @@ def main(argv: list[str]) -> int:
   logging.set_verbosity(logging.ERROR if FLAGS.verbose else logging.FATAL)
   if not FLAGS.verbose:
     cli.quiet_failed_writes()
-  config = FLAGS.config
   try:
-    if 'sweep' in config:
-      sweep.check_overrides(FLAGS['config'].override_values)
     _initialize_jax(config)
     if 'sweep' in config:
       return sweep.run_sweep(config, FLAGS.workdir)
@@ -75,16 +77,21 @@ def main(argv: list[str]) -> int:
     print('interrupted: stopped at once; rerun the same command to resume from the last checkpoint', file=sys.stderr)
     return 130
   except (ValueError, input_pipeline.DatasetError, checkpointing.DiskFullError) as e:
-    if FLAGS.verbose:
-      traceback.print_exc()
-    print(f'error: {e}', file=sys.stderr)
-    return cli.USAGE_ERROR
+    return _usage_error(e)
   except Exception as e:  # noqa: BLE001 - one line for users, --verbose for developers
     if FLAGS.verbose:
       traceback.print_exc()
     message = str(e) if isinstance(e, train.TrainingError) else f'{type(e).__name__}: {e}'
     print(f'error: {message} (rerun with --verbose for the traceback)', file=sys.stderr)
     return 1
+
+
+def _usage_error(error: Exception) -> int:
+  """Bad input: one line (and the traceback with --verbose); exit code 2."""
+  if FLAGS.verbose:
+    traceback.print_exc()
+  print(f'error: {error}', file=sys.stderr)
+  return cli.USAGE_ERROR
 
 
 def _exit(code: int) -> None:

@@ -14,6 +14,8 @@ from typing import Any
 import flax
 import optax
 
+from mnet_jax.config_checks import OPTIMIZERS, SCHEDULES, unknown
+
 # (regex on the '/'-joined parameter path, weight-decay multiplier); first match wins.
 WEIGHT_DECAY_RULES = (
     (r'.*depthwise/kernel$', 0.0),
@@ -46,8 +48,7 @@ def learning_rate_schedule(optim: Any, batch_size: int, steps_per_epoch: int,
   elif optim.schedule == 'constant':
     decay = optax.constant_schedule(peak)
   else:
-    raise ValueError(f'unknown learning-rate schedule {optim.schedule!r}; '
-                     'expected exponential, cosine or constant')
+    raise ValueError(unknown('learning-rate schedule', optim.schedule, SCHEDULES))
   if warmup_steps == 0:
     return decay
   warmup = optax.linear_schedule(0.0, peak, warmup_steps)
@@ -66,7 +67,7 @@ def create_optimizer(optim: Any, schedule: optax.Schedule) -> optax.GradientTran
   elif optim.optimizer == 'sgd':
     base = optax.sgd(schedule, momentum=optim.momentum, nesterov=optim.nesterov)
   else:
-    raise ValueError(f'unknown optimizer {optim.optimizer!r}; expected rmsprop or sgd')
+    raise ValueError(unknown('optimizer', optim.optimizer, OPTIMIZERS))
   parts = []
   if optim.grad_clip_norm:
     parts.append(optax.clip_by_global_norm(optim.grad_clip_norm))

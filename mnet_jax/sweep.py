@@ -112,19 +112,6 @@ def run_dir(workdir: epath.Path, point: Point, seed: int) -> epath.Path:
   return workdir / point.name / f'seed{seed}'
 
 
-# The model fields each point sets, and the sweep field that lists their values instead.
-POINT_FIELDS = {'model.alpha': 'sweep.alphas', 'model.resolution': 'sweep.resolutions',
-                'model.variant': 'sweep.variants'}
-
-
-def check_overrides(overrides: dict[str, Any]) -> None:
-  """Refuse a command-line override of a field that every point sets (it would be silently replaced)."""
-  for field in overrides:
-    if field in POINT_FIELDS:
-      raise ValueError(f'--config.{field} is set by each sweep point; choose the grid with '
-                       f'--config.{POINT_FIELDS[field]}=... (or --config.sweep.points / --config.sweep.only)')
-
-
 def point_config(config: ml_collections.ConfigDict, point: Point) -> ml_collections.ConfigDict:
   """The single-run config of one point: the sweep's config with the model's α, resolution, variant."""
   run = ml_collections.ConfigDict(config.to_dict())

@@ -56,5 +56,5 @@ def reference_run(tiny_data_dir, cache_dir, tmp_path_factory: pytest.TempPathFac
 
   workdir = tmp_path_factory.mktemp('reference')
   overrides = tiny_overrides(tiny_data_dir, compilation_cache_dir=str(cache_dir))
-  subprocess.run(main_command(workdir, overrides), check=True, env=subprocess_env(cache_dir), timeout=300)
+  subprocess.run(main_command(workdir, overrides), check=True, env=subprocess_env(), timeout=300)
   return workdir, overrides

@@ -13,7 +13,7 @@ def test_tiny_benchmark_prints_the_table_and_writes_json_rows(tmp_path, cache_di
   out = tmp_path / 'bench.json'
   # The timing itself is not under test: the other subprocess tests' environment (programs compiled without LLVM's
   # optimisations; cold: 37.7 -> 27.5 s here), and the second round reuses the first's compiled programs.
-  env = {**subprocess_env(cache_dir), 'JAX_COMPILATION_CACHE_DIR': str(cache_dir),
+  env = {**subprocess_env(), 'JAX_COMPILATION_CACHE_DIR': str(cache_dir),
          'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '0'}
   proc = subprocess.run([sys.executable, '-m', 'mnet_jax.benchmark', '--alpha', '0.25', '--resolution', '32',
                          '--batch', '2', '--steps', '1', '--repeats', '2', '--rounds', '2', '--peers', 'none',

@@ -65,13 +65,13 @@ def ops(content: bytes) -> Counter:
 
 
 @pytest.fixture(scope='module')
-def exported(reference_run, cache_dir, tmp_path_factory):
+def exported(reference_run, tmp_path_factory):
   """The reference run (α 0.25 at 32 px, 16 classes) exported in every format by the CLI."""
   workdir, _ = reference_run
   out = tmp_path_factory.mktemp('export') / 'out'
   result = subprocess.run([sys.executable, '-m', 'mnet_jax.export', f'--workdir={workdir}', f'--out={out}',
                            '--formats=saved_model,tflite,int8', '--calibration_images=64'],
-                          env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=300)
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir, out, result.stdout
 
@@ -250,12 +250,12 @@ def test_a_failure_midway_leaves_no_output_and_no_temporary_files(reference_run,
   assert list((tmp_path / 'deploy').iterdir()) == []
 
 
-def test_the_command_line_reports_a_bad_run_dir_in_one_line(tmp_path, cache_dir):
+def test_the_command_line_reports_a_bad_run_dir_in_one_line(tmp_path):
   """The whole process's stderr (TensorFlow's and JAX's start-up included) is the one line."""
   (tmp_path / 'run' / 'checkpoints').mkdir(parents=True)
   (tmp_path / 'run' / 'config.json').write_text(json.dumps({'model': {'alpha': 0.25}}))
   result = subprocess.run([sys.executable, '-m', 'mnet_jax.export', f'--workdir={tmp_path / "run"}'],
-                          env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=120)
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
   assert result.returncode == 2 and result.stdout == ''
   assert len(result.stderr.strip().splitlines()) == 1 and 'without a checkpoint' in result.stderr, result.stderr
   assert not (tmp_path / 'run' / 'export').exists()

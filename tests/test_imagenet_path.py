@@ -55,11 +55,11 @@ def overrides(mini_imagenet_dir, cache_dir) -> dict:
 
 
 @pytest.fixture(scope='module')
-def reference(overrides, cache_dir, tmp_path_factory):
+def reference(overrides, tmp_path_factory):
   """An uninterrupted run, one process with two devices: two processes of one device each run the same
   partitioned program, so they must end bitwise where it does. Returns (workdir, its stdout)."""
   workdir = tmp_path_factory.mktemp('imagenet_reference')
-  result = subprocess.run(main_command(workdir, overrides, preset=PRESET), env=subprocess_env(cache_dir, 2),
+  result = subprocess.run(main_command(workdir, overrides, preset=PRESET), env=subprocess_env(2),
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir, result.stdout
@@ -127,8 +127,7 @@ def assert_identical_states(got_workdir, expected_workdir, step: int = STEPS):
     np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
 
 
-def test_killed_and_rerun_ends_bitwise_identical_to_the_uninterrupted_run(reference, overrides, cache_dir,
-                                                                            tmp_path):
+def test_killed_and_rerun_ends_bitwise_identical_to_the_uninterrupted_run(reference, overrides, tmp_path):
   """A preempted job: SIGKILLed mid-run, then the same command again; the result must be the uninterrupted
   run's, optimizer state and EMA included. (Killed after checkpoint 2, which follows the first evaluation.)
   Two processes reading their halves of every batch ended bitwise where one process with two devices does
@@ -136,9 +135,9 @@ def test_killed_and_rerun_ends_bitwise_identical_to_the_uninterrupted_run(refere
   ref_workdir, _ = reference
   workdir = tmp_path / 'run'
   command = main_command(workdir, overrides, preset=PRESET)
-  sigkill_once_written(command, subprocess_env(cache_dir, 2), workdir / 'checkpoints' / '2')
+  sigkill_once_written(command, subprocess_env(2), workdir / 'checkpoints' / '2')
   assert not (workdir / 'results.json').exists(), 'the run finished before it was killed'
-  result = subprocess.run(command, env=subprocess_env(cache_dir, 2), capture_output=True, text=True, timeout=300)
+  result = subprocess.run(command, env=subprocess_env(2), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
   assert 'resumed from checkpoint at step' in result.stdout
   assert_identical_states(workdir, ref_workdir)
@@ -147,15 +146,14 @@ def test_killed_and_rerun_ends_bitwise_identical_to_the_uninterrupted_run(refere
   assert metric_lines(workdir) == metric_lines(ref_workdir)
 
 
-def test_two_processes_end_bitwise_where_one_process_with_two_devices_does(reference, overrides, cache_dir,
-                                                                             tmp_path):
+def test_two_processes_end_bitwise_where_one_process_with_two_devices_does(reference, overrides, tmp_path):
   """Two hosts of one device each, each reading its half of every batch from the ArrayRecord build and evaluating
   its half of the validation split: the same partitioned program as the reference, so the same bits."""
   ref_workdir, _ = reference
   port, workdir = _free_port(), tmp_path / 'run'
   processes = [subprocess.Popen(main_command(workdir, overrides, f'--coordinator_address=localhost:{port}',
                                              '--num_processes=2', f'--process_id={i}', preset=PRESET),
-                                env=subprocess_env(cache_dir, 1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=subprocess_env(1), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True) for i in range(2)]
   outputs = [p.communicate(timeout=400)[0] for p in processes]
   assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]

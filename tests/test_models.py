@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from fast_compile import FAST_COMPILE
 
 from mnet_jax import architecture, cost
 from mnet_jax.models import MobileNetV1
@@ -22,17 +21,6 @@ from mnet_jax.models import MobileNetV1
 def abstract_variables(model: MobileNetV1, resolution: int):
   images = jax.ShapeDtypeStruct((1, resolution, resolution, 3), jnp.float32)
   return jax.eval_shape(model.init, jax.random.key(0), images)
-
-
-def compiled_unoptimized(function, *args):
-  """`function` jitted and compiled for `args`' shapes with `FAST_COMPILE`, whatever XLA_FLAGS says (the suite's
-  conftest sets them too; this also holds where a test module is run without it)."""
-  return jax.jit(function).lower(*args).compile(compiler_options=FAST_COMPILE)
-
-
-def run_unoptimized(function, *args):
-  """`function(*args)`, compiled by `compiled_unoptimized`: for a program a test runs once."""
-  return compiled_unoptimized(function, *args)(*args)
 
 
 def random_variables(model: MobileNetV1, resolution: int = 32, seed: int = 0):
@@ -243,7 +231,7 @@ def test_slim_initializer_is_tf_slims_truncated_normal():
   # tf.truncated_normal_initializer(stddev=0.09): a N(0, 0.09) cut at 2 std (std 0.09 * 0.8796), on every
   # kernel including the classifier's; He normal gives the 3x3 depthwise kernels (fan-in 9) std sqrt(2/9).
   def init(model):
-    return run_unoptimized(model.init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
+    return jax.jit(model.init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
 
   slim, he = init(MobileNetV1(alpha=1.0, kernel_init='slim')), init(MobileNetV1(alpha=1.0))
   for name in ('stem', 'block13_depthwise', 'block13_pointwise', 'classifier'):

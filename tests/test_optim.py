@@ -8,9 +8,8 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from test_models import run_unoptimized
 
-from mnet_jax import optim
+from mnet_jax import config_checks, optim
 from mnet_jax.models import MobileNetV1
 
 
@@ -25,8 +24,7 @@ def _optim_config(**overrides):
 
 @functools.cache
 def _params():
-  return run_unoptimized(MobileNetV1(alpha=0.25, num_classes=10).init, jax.random.key(0),
-                         jnp.zeros((1, 32, 32, 3)))['params']
+  return jax.jit(MobileNetV1(alpha=0.25, num_classes=10).init)(jax.random.key(0), jnp.zeros((1, 32, 32, 3)))['params']
 
 
 def test_weight_decay_mask_by_layer_kind():
@@ -87,3 +85,21 @@ def test_schedule_warmup_then_exponential_staircase_scaled_by_batch():
   np.testing.assert_allclose(float(schedule(10)), peak, rtol=1e-6)
   np.testing.assert_allclose(float(schedule(10 + 19)), peak, rtol=1e-6)
   np.testing.assert_allclose(float(schedule(10 + 20)), peak * 0.94, rtol=1e-6)
+
+
+def test_the_names_main_lets_through_before_its_imports_are_the_ones_that_build():
+  # `main` checks the optimizer and schedule names before importing JAX (`config_checks`): each name it accepts
+  # must build here, and a name it would refuse must be refused here with the same line.
+  for name in config_checks.OPTIMIZERS:
+    assert optim.create_optimizer(_optim_config(optimizer=name), optax.constant_schedule(0.1)).init({}) is not None
+  for name in config_checks.SCHEDULES:
+    config = _optim_config(schedule=name)
+    assert float(optim.learning_rate_schedule(config, batch_size=256, steps_per_epoch=10, total_steps=100)(50)) > 0
+  for field, bad in (('optimizer', 'adam'), ('schedule', 'linear')):
+    config = _optim_config(**{field: bad})
+    with pytest.raises(ValueError) as early:
+      config_checks.check(ml_collections.ConfigDict({'model': {'alpha': 1.0, 'variant': 'separable',
+                                                               'resolution': 224}, 'optim': config, 'data': {}}))
+    with pytest.raises(ValueError) as late:
+      optim.create_optimizer(config, optim.learning_rate_schedule(config, 256, 10, 100))
+    assert str(early.value) == str(late.value) and bad in str(late.value)

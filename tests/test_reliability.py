@@ -45,7 +45,7 @@ from mnet_jax import cost
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_data_dir, tmp_path, override, message):
   workdir = tmp_path / 'run'
   result = subprocess.run(main_command(workdir, tiny_overrides(tiny_data_dir, **override)),
-                          env=subprocess_env(tmp_path, devices=4), capture_output=True, text=True, timeout=120)
+                          env=subprocess_env(devices=4), capture_output=True, text=True, timeout=120)
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error:') and message in lines[0], result.stderr
@@ -60,7 +60,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_data_dir, tmp_path
 ])
 def test_mistyped_config_or_flag_is_one_line_exit_2_and_writes_nothing(tmp_path, extra, message):
   workdir = tmp_path / 'run'
-  result = subprocess.run(main_command(workdir, {}, *extra), env=subprocess_env(tmp_path), capture_output=True,
+  result = subprocess.run(main_command(workdir, {}, *extra), env=subprocess_env(), capture_output=True,
                           text=True, timeout=60)
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
@@ -71,7 +71,7 @@ def test_mistyped_config_or_flag_is_one_line_exit_2_and_writes_nothing(tmp_path,
 def test_a_sweep_refuses_an_override_of_what_its_points_set(tmp_path):
   workdir = tmp_path / 'sweep'
   command = main_command(workdir, {'model.alpha': 0.5}, config_file=REPO / 'experiments' / 'sweep.py', preset='smoke')
-  result = subprocess.run(command, env=subprocess_env(tmp_path), capture_output=True, text=True, timeout=60)
+  result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=60)
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and '--config.model.alpha is set by each sweep point' in lines[0], result.stderr
@@ -83,7 +83,7 @@ def test_unwritable_workdir_is_one_line_exit_2_before_any_data_is_prepared(tmp_p
   (tmp_path / 'a_file').write_text('')
   data_dir = tmp_path / 'tfds'
   overrides = tiny_overrides(data_dir)
-  result = subprocess.run(main_command(tmp_path / 'a_file' / 'run', overrides), env=subprocess_env(tmp_path),
+  result = subprocess.run(main_command(tmp_path / 'a_file' / 'run', overrides), env=subprocess_env(),
                           capture_output=True, text=True, timeout=60)
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
@@ -93,29 +93,28 @@ def test_unwritable_workdir_is_one_line_exit_2_before_any_data_is_prepared(tmp_p
 
 def test_verbose_shows_the_traceback(tiny_data_dir, tmp_path):
   result = subprocess.run(main_command(tmp_path / 'run', tiny_overrides(tiny_data_dir, **{'model.alpha': 0.0}),
-                                       '--verbose'), env=subprocess_env(tmp_path), capture_output=True, text=True,
+                                       '--verbose'), env=subprocess_env(), capture_output=True, text=True,
                           timeout=120)
   assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
   assert 'Traceback (most recent call last)' in result.stderr and last.startswith('error:') and 'alpha' in last
 
 
-def test_changed_config_is_refused_naming_the_fields(reference_run, cache_dir, tmp_path):
+def test_changed_config_is_refused_naming_the_fields(reference_run, tmp_path):
   ref_workdir, overrides = reference_run
   workdir = tmp_path / 'run'
   shutil.copytree(ref_workdir, workdir)  # a finished run; the refusal must come before any training
   changed = dict(overrides, **{'optim.learning_rate': 0.5})
-  result = subprocess.run(main_command(workdir, changed), env=subprocess_env(cache_dir), capture_output=True,
+  result = subprocess.run(main_command(workdir, changed), env=subprocess_env(), capture_output=True,
                           text=True, timeout=120)
   assert result.returncode == 2 and 'optim.learning_rate' in result.stderr, result.stderr
   assert (workdir / 'config.json').read_text() == (ref_workdir / 'config.json').read_text()
 
 
-def test_sigterm_saves_the_step_it_arrives_at_and_the_rerun_ends_bitwise_identical(reference_run, cache_dir,
-                                                                                     tmp_path):
+def test_sigterm_saves_the_step_it_arrives_at_and_the_rerun_ends_bitwise_identical(reference_run, tmp_path):
   # A preempted TPU VM gets SIGTERM, then the same command runs again. Here it arrives as the loop takes batch 10.
   ref_workdir, overrides = reference_run
-  workdir, env = tmp_path / 'run', subprocess_env(cache_dir)
+  workdir, env = tmp_path / 'run', subprocess_env()
   stopped = subprocess.run(hooked(main_command(workdir, overrides), hooks.signalled(10, 'SIGTERM')), env=env,
                            capture_output=True, text=True, timeout=300)
   assert stopped.returncode == 143, stopped.stderr[-2000:]
@@ -135,7 +134,7 @@ def test_ctrl_c_saves_the_current_step_and_exits_in_one_line(tiny_data_dir, cach
   # A second Ctrl-C stops at once, without saving; both end with one line and the shell's exit code.
   overrides = tiny_overrides(tiny_data_dir, num_train_steps=100_000, checkpoint_every_steps=100_000,
                              compilation_cache_dir=str(cache_dir))
-  process = subprocess.Popen(main_command(tmp_path, overrides), env=subprocess_env(tmp_path),
+  process = subprocess.Popen(main_command(tmp_path, overrides), env=subprocess_env(),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   deadline = time.time() + 240
   while not (tmp_path / 'metrics.jsonl').exists() and time.time() < deadline:  # training has started
@@ -158,7 +157,7 @@ def test_ctrl_c_saves_the_current_step_and_exits_in_one_line(tiny_data_dir, cach
 def test_ctrl_c_in_a_sweep_stops_the_sweep_not_only_the_point(tiny_data_dir, cache_dir, tmp_path):
   workdir = tmp_path / 'sweep'
   command = hooked(sweep_command(workdir, tiny_data_dir, cache_dir), hooks.signalled(5, 'SIGINT'))
-  result = subprocess.run(command, env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=300)
+  result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
   assert result.returncode == 130, result.stderr[-2000:]
   ours = [line for line in result.stderr.splitlines() if line.startswith(('interrupted:', 'error:'))]
   assert len(ours) == 1 and ours[0].startswith('interrupted:') and 'Traceback' not in result.stderr, result.stderr
@@ -166,7 +165,7 @@ def test_ctrl_c_in_a_sweep_stops_the_sweep_not_only_the_point(tiny_data_dir, cac
   assert not (workdir / 'a0.25_r40').exists() and not (workdir / 'a0.25_r32').exists()  # no next point
 
 
-def test_corrupt_newest_checkpoint_falls_back_to_previous(reference_run, cache_dir, tmp_path):
+def test_corrupt_newest_checkpoint_falls_back_to_previous(reference_run, tmp_path):
   ref_workdir, overrides = reference_run
   workdir = tmp_path / 'run'
   shutil.copytree(ref_workdir, workdir)
@@ -175,7 +174,7 @@ def test_corrupt_newest_checkpoint_falls_back_to_previous(reference_run, cache_d
     if path.is_file() and path.stat().st_size > 64:
       path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
   (workdir / 'results.json').unlink()
-  result = subprocess.run(main_command(workdir, overrides), env=subprocess_env(cache_dir), capture_output=True,
+  result = subprocess.run(main_command(workdir, overrides), env=subprocess_env(), capture_output=True,
                           text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert f'skipping damaged checkpoint at step {newest}' in result.stdout
@@ -195,7 +194,7 @@ def test_divergence_stops_naming_the_step_and_keeps_only_finite_checkpoints(tiny
   overrides = tiny_overrides(tiny_data_dir, num_train_steps=12, checkpoint_every_steps=1,
                              compilation_cache_dir=str(cache_dir), **{
       'optim.schedule': 'exponential', 'optim.decay_rate': float('inf'), 'optim.decay_epochs': 0.2})
-  result = subprocess.run(main_command(tmp_path, overrides), env=subprocess_env(tmp_path), capture_output=True,
+  result = subprocess.run(main_command(tmp_path, overrides), env=subprocess_env(), capture_output=True,
                           text=True, timeout=300)
   assert result.returncode == 1, result.stderr[-2000:]
   lines = result.stderr.strip().splitlines()
@@ -230,7 +229,7 @@ def test_full_disk_while_checkpointing_is_one_line_exit_2_and_keeps_the_previous
   # The compilation cache stays on the real disk: it is not what this test fills.
   overrides = tiny_overrides(tiny_data_dir, num_train_steps=4, compilation_cache_dir=str(cache_dir),
                              **{'optim.schedule': 'constant'})  # both runs compile the same step
-  subprocess.run(main_command(tmp_path / 'run', overrides), env=subprocess_env(tmp_path), check=True, timeout=300,
+  subprocess.run(main_command(tmp_path / 'run', overrides), env=subprocess_env(), check=True, timeout=300,
                  capture_output=True)
   before = flat(final_params(tmp_path / 'run', 4))
   # In a private mount namespace, on a copy of the run on a small tmpfs, continue the run to step 8 twice:
@@ -256,7 +255,7 @@ echo $? > {tmp_path / 'returncode_b'}
 rm -f {small / 'filler'}
 cp -a {small / 'run'} {after}
 """
-  subprocess.run(['unshare', '-rm', 'bash', '-c', script], env=subprocess_env(tmp_path), check=True, timeout=300)
+  subprocess.run(['unshare', '-rm', 'bash', '-c', script], env=subprocess_env(), check=True, timeout=300)
   for case, expected in (('a', 'no space left in'), ('b', 'no space left on device')):
     stderr = (tmp_path / f'stderr_{case}').read_text()
     assert int((tmp_path / f'returncode_{case}').read_text()) == 2, stderr[-3000:]
@@ -280,11 +279,10 @@ def held_and_killed(command: list[str], env: dict, where: str, marker) -> str:
   return killed_when_held([hooked(command, hooks.held(where, marker))], env, marker)[0]
 
 
-def test_sigkill_during_a_checkpoint_write_and_an_eval_then_rerun_ends_bitwise_identical(reference_run, cache_dir,
-                                                                                           tmp_path):
+def test_sigkill_during_a_checkpoint_write_and_an_eval_then_rerun_ends_bitwise_identical(reference_run, tmp_path):
   ref_workdir, ref_overrides = reference_run
   overrides = dict(ref_overrides, eval_every_steps=8)  # evaluating changes no state: same parameters expected
-  workdir, env = tmp_path / 'run', subprocess_env(cache_dir)
+  workdir, env = tmp_path / 'run', subprocess_env()
   # 1. Killed when checkpoint 8 is fully written but not yet committed (renamed into place).
   held_and_killed(main_command(workdir, overrides), env, f'before:{workdir / "checkpoints" / "8"}',
                    tmp_path / 'held_1')
@@ -317,7 +315,7 @@ def sweep_command(workdir, data_dir, cache) -> list[str]:
 def test_sweep_carries_on_past_a_failing_point_and_reruns_only_the_failed_and_the_killed(tiny_data_dir, cache_dir,
                                                                                         tmp_path):
   workdir = tmp_path / 'sweep'
-  command, env = sweep_command(workdir, tiny_data_dir, cache_dir), subprocess_env(cache_dir)
+  command, env = sweep_command(workdir, tiny_data_dir, cache_dir), subprocess_env()
   # The middle point's run dir holds another run's config: that point fails whenever it is tried.
   planted = workdir / 'a0.25_r40' / 'seed0' / 'config.json'
   planted.parent.mkdir(parents=True)
@@ -364,7 +362,7 @@ def test_when_process_1_dies_or_hangs_process_0_exits_with_an_error(tiny_data_di
       processes.append(subprocess.Popen(
           main_command(workdir, overrides, f'--coordinator_address=localhost:{port}', '--num_processes=2',
                        f'--process_id={i}', f'--heartbeat_timeout={HEARTBEAT_TIMEOUT_S}'),
-          env=subprocess_env(tmp_path), stdout=out, stderr=subprocess.STDOUT))
+          env=subprocess_env(), stdout=out, stderr=subprocess.STDOUT))
   try:
     deadline = time.time() + 300
     while not (workdir / 'metrics.jsonl').exists():  # both are training

@@ -63,7 +63,7 @@ def together_run(tiny_data_dir, cache_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('together')
   command = smoke_command(workdir, tiny_data_dir, cache_dir, '--config.sweep.tflite_latency=True',
                           '--config.sweep.tflite_int8=True')
-  result = subprocess.run(command, env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=600)
+  result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   return workdir, result.stdout
 
@@ -124,7 +124,7 @@ def test_killed_two_seed_point_resumes_exactly_and_a_rerun_skips_finished_runs(t
                                                                                 cache_dir, tmp_path):
   reference, _ = together_run
   command = smoke_command(tmp_path, tiny_data_dir, cache_dir, '--config.sweep.tflite_latency=False')
-  env = subprocess_env(cache_dir)
+  env = subprocess_env()
   # The seeds' checkpoints are finalised asynchronously, in either order: resume needs the step in both.
   sigkill_once_written(command, env, *(tmp_path / 'a0.25_r48' / f'seed{seed}' / 'checkpoints' / '4' for seed in (0, 1)),
                        timeout=300)
@@ -153,7 +153,7 @@ def test_seeds_trained_together_match_a_seed_trained_alone(together_run, tiny_da
   command[3] = f'--config={config}:smoke'  # the sweep's recipe, run as a single point: sweep.only
   command += ['--config.sweep.points=a0.25_r48', '--config.sweep.seeds=1', '--config.sweep.latency_batch=0',
               '--config.sweep.tflite_latency=False']
-  alone = subprocess.run(command, env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=600)
+  alone = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=600)
   assert alone.returncode == 0, alone.stderr[-3000:]
   assert '8 steps of 32 on 1 device' in alone.stdout  # not vmapped
   expected = flat(final_params(reference / 'a0.25_r48' / 'seed1'))
@@ -184,10 +184,10 @@ def test_points_in_worker_processes_match_a_one_cpu_run_and_resume_after_ctrl_c(
             '--config.sweep.tflite_latency=False']
   pinned = hooked(smoke_command(tmp_path / 'one', tiny_data_dir, cache_dir, *points),
                   'import os; os.sched_setaffinity(0, {0})')  # before JAX starts (no fork of this JAX process)
-  one_cpu = subprocess.run(pinned, env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=600)
+  one_cpu = subprocess.run(pinned, env=subprocess_env(), capture_output=True, text=True, timeout=600)
   assert one_cpu.returncode == 0, one_cpu.stderr[-3000:]
   command = smoke_command(tmp_path / 'two', tiny_data_dir, cache_dir, *points, '--config.sweep.workers=2')
-  process = subprocess.Popen(command, env=subprocess_env(cache_dir), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+  process = subprocess.Popen(command, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
   lines = []
   for line in process.stdout:  # Ctrl-C once a worker has taken 4 of its 8 steps
@@ -200,7 +200,7 @@ def test_points_in_worker_processes_match_a_one_cpu_run_and_resume_after_ctrl_c(
   assert [line for line in stderr.splitlines() if line.strip()] == [
       'interrupted: Ctrl-C: the points in training saved their checkpoints; rerun the same command to resume']
   assert 'on CPU 0' in ''.join(lines) and 'on CPU 1' in ''.join(lines)
-  rerun = subprocess.run(command, env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=600)
+  rerun = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=600)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   for point in ('a0.25_r48', 'a0.25_r40'):
     assert_identical_params(tmp_path / 'two' / point / 'seed0', tmp_path / 'one' / point / 'seed0')

@@ -22,7 +22,6 @@ import orbax.checkpoint as ocp
 import pytest
 from fast_compile import FAST_COMPILE, xla_flags
 from hooks import hooked
-from test_models import compiled_unoptimized, run_unoptimized
 
 from mnet_jax import input_pipeline, train
 from mnet_jax.config_util import sibling
@@ -62,7 +61,9 @@ def main_command(workdir, overrides: dict, *extra, preset: str = '', config_file
   return args + list(extra)
 
 
-def subprocess_env(cache_dir, devices: int = 1, x64: bool = False, fast_compile: bool = True) -> dict:
+def subprocess_env(devices: int = 1, x64: bool = False, fast_compile: bool = True) -> dict:
+  """The environment of a subprocess run on `devices` CPU devices (its compilation cache is its config's
+  `compilation_cache_dir`)."""
   env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED='1', JAX_ENABLE_X64='1' if x64 else '0')
   # Compiled for compile time (`fast_compile`), unless the run is long; every subprocess run of a comparison
   # compiles alike, so the comparisons are unaffected.
@@ -113,7 +114,7 @@ def device_reference(tiny_data_dir, cache_dir, tmp_path_factory):
   workdir = tmp_path_factory.mktemp('device_reference')
   overrides = tiny_overrides(tiny_data_dir, compilation_cache_dir=str(cache_dir), num_train_steps=DEVICE_STEPS,
                              **{'model.resolution': 64, 'model.dtype': 'float64'})
-  result = subprocess.run(main_command(workdir, overrides), env=subprocess_env(cache_dir, x64=True),
+  result = subprocess.run(main_command(workdir, overrides), env=subprocess_env(x64=True),
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0 and '1 device(s), 1 process(es)' in result.stdout, result.stderr[-3000:]
   return workdir, overrides
@@ -143,12 +144,12 @@ def test_run_writes_results_metrics_and_counts_every_eval_example(reference_run,
   assert list((workdir / 'tensorboard').glob('events.out.tfevents.*'))
 
 
-def test_resume_after_sigkill_ends_with_identical_parameters(reference_run, cache_dir, tmp_path):
+def test_resume_after_sigkill_ends_with_identical_parameters(reference_run, tmp_path):
   ref_workdir, overrides = reference_run
   workdir = tmp_path / 'run'
-  sigkill_once_written(main_command(workdir, overrides), subprocess_env(cache_dir), workdir / 'checkpoints' / '4')
+  sigkill_once_written(main_command(workdir, overrides), subprocess_env(), workdir / 'checkpoints' / '4')
   assert not (workdir / 'results.json').exists(), 'the run finished before it was killed'
-  resumed = subprocess.run(main_command(workdir, overrides), env=subprocess_env(cache_dir),
+  resumed = subprocess.run(main_command(workdir, overrides), env=subprocess_env(),
                            capture_output=True, text=True, timeout=300)
   assert resumed.returncode == 0, resumed.stderr[-2000:]
   assert 'resumed from checkpoint at step' in resumed.stdout
@@ -190,9 +191,9 @@ def assert_identical_params(got_workdir, expected_workdir):
     np.testing.assert_array_equal(got[key], expected[key], err_msg=key)
 
 
-def test_four_devices_match_one_device(device_reference, cache_dir, tmp_path):
+def test_four_devices_match_one_device(device_reference, tmp_path):
   ref_workdir, overrides = device_reference
-  result = subprocess.run(main_command(tmp_path, overrides), env=subprocess_env(cache_dir, devices=4, x64=True),
+  result = subprocess.run(main_command(tmp_path, overrides), env=subprocess_env(devices=4, x64=True),
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert '4 device(s), 1 process(es)' in result.stdout  # not one device compared with itself
@@ -207,12 +208,12 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_killed_and_rerun_match_one_process(device_reference, cache_dir, tmp_path):
+def test_two_processes_killed_and_rerun_match_one_process(device_reference, tmp_path):
   """2 processes x 2 devices, both killed once checkpoint 4 is committed, then rerun: the same 12 steps as one
   process. Only process 0 writes the run's files; the rerun checks for preemption at log and checkpoint steps
   only (the check is a collective: every step, it would stop dispatch from running ahead of the devices)."""
   ref_workdir, overrides = device_reference
-  workdir, writes_log, env = tmp_path / 'run', tmp_path / 'process_1_writes.txt', subprocess_env(cache_dir, 2, True)
+  workdir, writes_log, env = tmp_path / 'run', tmp_path / 'process_1_writes.txt', subprocess_env(2, True)
 
   def commands(*process_hooks) -> list[list[str]]:
     port = _free_port()
@@ -251,7 +252,7 @@ def test_small_model_learns_shapes_and_textures(tiny_data_dir, cache_dir, tmp_pa
           'model.resolution': 64, 'model.alpha': 0.5, 'model.bn_momentum': 0.9, 'model.kernel_init': 'slim',
           'optim.epsilon': 1e-3, 'optim.learning_rate': 0.032, 'optim.rmsprop_initial_scale': 0.0,
           'data.min_area': 1.0, 'data.eval_crop': 1.0})
-  result = subprocess.run(main_command(tmp_path, overrides), env=subprocess_env(cache_dir, fast_compile=False),
+  result = subprocess.run(main_command(tmp_path, overrides), env=subprocess_env(fast_compile=False),
                           capture_output=True, text=True, timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   top1 = json.loads((tmp_path / 'results.json').read_text())['top1']
@@ -266,13 +267,12 @@ def test_ema_of_weights_and_batch_stats_follows_the_reference_formula():
 
   model = train.create_model(make_config({'model.alpha': 0.25}).model, 5)
   tx = optax.sgd(0.5)
-  state = run_unoptimized(functools.partial(train.init_state, model, tx, use_ema=True), 0)
+  state = jax.jit(functools.partial(train.init_state, model, tx, use_ema=True))(0)
   rng = np.random.default_rng(0)
   batches = [{'image': jnp.asarray(rng.uniform(-1, 1, (8, 32, 32, 3)), jnp.float32),
               'label': jnp.asarray(rng.integers(0, 5, 8), jnp.int32)} for _ in range(4)]
-  step = compiled_unoptimized(lambda s, b: train.train_step(
-      s, b, 0, model=model, tx=tx, schedule=optax.constant_schedule(0.5), label_smoothing=0.0, ema_decay=0.9),
-      state, batches[0])
+  step = jax.jit(lambda s, b: train.train_step(
+      s, b, 0, model=model, tx=tx, schedule=optax.constant_schedule(0.5), label_smoothing=0.0, ema_decay=0.9))
   init = expected = {'params': state.params, 'batch_stats': state.batch_stats}
   for t, batch in enumerate(batches):
     state, _ = step(state, batch)

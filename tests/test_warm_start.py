@@ -15,7 +15,7 @@ import optax
 import pytest
 from hooks import hooked
 from test_convert import keras_mobilenet, randomize
-from test_models import abstract_variables, run_unoptimized
+from test_models import abstract_variables
 from test_train import (
   REPO,
   assert_identical_params,
@@ -30,13 +30,13 @@ from mnet_jax import convert, datasets, train, warm_start
 from mnet_jax.models import MobileNetV1
 
 
-def test_evaluating_a_run_dir_without_training_gives_its_own_final_accuracy(reference_run, cache_dir, tmp_path):
+def test_evaluating_a_run_dir_without_training_gives_its_own_final_accuracy(reference_run, tmp_path):
   # 0 steps from the reference run's newest checkpoint: the evaluation must count exactly the hits the run's own
   # final evaluation counted (the same weights, BatchNorm statistics and eval batches).
   ref_workdir, overrides = reference_run
   relative = os.path.relpath(ref_workdir, tmp_path)  # as a user types it
   result = subprocess.run(main_command(tmp_path, dict(overrides, num_train_steps=0, init_from=relative)),
-                          env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=300, cwd=tmp_path)
+                          env=subprocess_env(), capture_output=True, text=True, timeout=300, cwd=tmp_path)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
   assert f'starting from the weights at step 24 of {relative}' in result.stdout
   expected = json.loads((ref_workdir / 'results.json').read_text())
@@ -50,11 +50,11 @@ def test_evaluating_a_run_dir_without_training_gives_its_own_final_accuracy(refe
     ({'model.alpha': 0.5}, 'params/stem/kernel is (3, 3, 3, 8), the model needs (3, 3, 3, 16)'),
     ({'init_from': '{tmp}/nothing'}, 'neither a converted checkpoint'),
 ])
-def test_weights_that_do_not_fit_give_one_line_and_write_nothing(reference_run, cache_dir, tmp_path, change, message):
+def test_weights_that_do_not_fit_give_one_line_and_write_nothing(reference_run, tmp_path, change, message):
   ref_workdir, overrides = reference_run
   overrides = dict(overrides, num_train_steps=4, init_from=ref_workdir)
   overrides.update({k: str(v).format(tmp=tmp_path) for k, v in change.items()})
-  result = subprocess.run(main_command(tmp_path / 'run', overrides), env=subprocess_env(cache_dir),
+  result = subprocess.run(main_command(tmp_path / 'run', overrides), env=subprocess_env(),
                           capture_output=True, text=True, timeout=300)
   assert result.returncode == 2, result.stderr[-2000:]
   lines = result.stderr.strip().splitlines()
@@ -63,8 +63,7 @@ def test_weights_that_do_not_fit_give_one_line_and_write_nothing(reference_run, 
 
 
 def _variables(model: MobileNetV1, seed: int) -> dict:
-  variables = run_unoptimized(functools.partial(model.init, train=False), jax.random.key(seed),
-                              jnp.zeros((1, 32, 32, 3)))
+  variables = jax.jit(functools.partial(model.init, train=False))(jax.random.key(seed), jnp.zeros((1, 32, 32, 3)))
   # Statistics that differ from the initial ones, so that taking them is visible.
   return jax.tree.map(lambda x: x + 0.25, variables) if seed else variables
 
@@ -80,7 +79,7 @@ def test_fine_tuning_to_another_class_count_keeps_every_layer_but_the_classifier
   assert note == 'weights of src; classifier replaced (10 -> 16 classes, newly initialised)'
 
   tx = optax.sgd(0.1, momentum=0.9)
-  fresh = run_unoptimized(functools.partial(train.init_state, model, tx, use_ema=True), 3)
+  fresh = jax.jit(functools.partial(train.init_state, model, tx, use_ema=True))(3)
   fresh = fresh.replace(opt_state=jax.tree.map(lambda x: x + 1.0, fresh.opt_state))  # a non-initial optimizer
   state = train.start_from(fresh, fitted.params, fitted.batch_stats, tx=tx, use_ema=True)
   got, imported, initial = flat(state.params), flat(source['params']), flat(fresh.params)
@@ -129,8 +128,7 @@ def trained_keras(tiny_data_dir, tmp_path_factory):
   return str(path), int(np.sum(top5[:, 0] == labels)), int(np.sum(np.any(top5 == labels[:, None], -1)))
 
 
-def test_the_eval_preset_scores_imported_keras_weights_as_keras_does(trained_keras, tiny_data_dir, cache_dir,
-                                                                     tmp_path):
+def test_the_eval_preset_scores_imported_keras_weights_as_keras_does(trained_keras, tiny_data_dir, tmp_path):
   # convert -> experiments/eval.py: every test image decoded, cropped and resized as slim does, and classified by
   # the imported weights, must give Keras' own hits on the same split.
   path, top1_hits, top5_hits = trained_keras
@@ -139,7 +137,7 @@ def test_the_eval_preset_scores_imported_keras_weights_as_keras_does(trained_ker
       'data.name': datasets.TINY_DATASET, 'data.data_dir': tiny_data_dir, 'model.alpha': 0.25,
       'model.resolution': 32, 'batch_size': 32, 'init_from': tmp_path / 'imported'},
       config_file=REPO / 'experiments' / 'eval.py')
-  result = subprocess.run(command, env=subprocess_env(cache_dir), capture_output=True, text=True, timeout=300)
+  result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
   got = json.loads((tmp_path / 'eval' / 'results.json').read_text())
   assert got['eval_examples'] == 100 and got['config']['data']['eval_preprocess'] == 'slim'
@@ -155,7 +153,7 @@ def test_fine_tuning_imported_weights_to_another_class_count_resumes_bitwise(tin
   convert.save(convert.from_keras(str(tmp_path / 'keras.h5')), str(tmp_path / 'imported'))
   overrides = tiny_overrides(tiny_data_dir, num_train_steps=8, init_from=tmp_path / 'imported',
                              compilation_cache_dir=str(cache_dir))
-  env = subprocess_env(cache_dir)
+  env = subprocess_env()
   whole = subprocess.run(main_command(tmp_path / 'whole', overrides), env=env, capture_output=True, text=True,
                          timeout=300)
   assert whole.returncode == 0, whole.stderr[-2000:]
