@@ -34,6 +34,8 @@ def check(config: Any, overrides: Collection[str] = ()) -> None:
   architecture.check_alpha(config.model.alpha)
   architecture.check_variant(config.model.variant)
   architecture.check_resolution(config.model.resolution)
+  if isinstance(config.batch_size, bool) or not isinstance(config.batch_size, int) or config.batch_size < 1:
+    raise ValueError(f'batch_size must be a positive integer, got {config.batch_size!r}')
   if config.optim.optimizer not in OPTIMIZERS:
     raise ValueError(unknown('optimizer', config.optim.optimizer, OPTIMIZERS))
   if config.optim.schedule not in SCHEDULES:

@@ -248,8 +248,8 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> int:
   points = expand_points(config.sweep)
   selected = selected_points(config.sweep, points)
   seeds = seeds_of(config.sweep)
-  for point in selected:  # bad input is reported before anything runs
-    train.create_model(point_config(config, point).model, 2).check()
+  for point in selected:  # bad input is reported before anything runs (else every run would fail alike)
+    train.check_config(point_config(config, point))
   if config.sweep.workers != 1:
     if jax.process_count() > 1 or jax.default_backend() != 'cpu':
       raise ValueError('sweep.workers > 1 runs points side by side on one CPU machine; '

@@ -290,6 +290,18 @@ def with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.Co
   return copy
 
 
+def check_config(config: ml_collections.ConfigDict) -> None:
+  """ValueError naming the first mistake in a run's config that shows before any data or file is touched."""
+  create_model(config.model, 1).check()
+  architecture.check_resolution(config.model.resolution)
+  # An unknown optimizer or schedule is bad input too: say so before the workdir is written.
+  optim.create_optimizer(config.optim, optim.learning_rate_schedule(config.optim, 1, 1, 1))
+  input_pipeline.check_eval_preprocess(config.data)  # else it would fail only at the first evaluation
+  if config.batch_size < 1 or config.batch_size % jax.device_count():
+    raise ValueError(f'batch_size {config.batch_size} is not a positive multiple of the '
+                     f'{jax.device_count()} devices')
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Train one MobileNet per `config` in `workdir` (resuming if possible); return results.json's content.
 
@@ -310,14 +322,7 @@ def train_seeds_together(config: ml_collections.ConfigDict, seeds: Sequence[int]
   """
   if len(seeds) != len(workdirs) or not seeds or len(set(seeds)) != len(seeds):
     raise ValueError(f'expected distinct seeds, one per run dir; got seeds {list(seeds)} for {len(workdirs)} dirs')
-  create_model(config.model, 1).check()
-  architecture.check_resolution(config.model.resolution)
-  # An unknown optimizer or schedule is bad input too: say so before the workdir is written.
-  optim.create_optimizer(config.optim, optim.learning_rate_schedule(config.optim, 1, 1, 1))
-  input_pipeline.check_eval_preprocess(config.data)  # else it would fail only at the first evaluation
-  if config.batch_size < 1 or config.batch_size % jax.device_count():
-    raise ValueError(f'batch_size {config.batch_size} is not a positive multiple of the '
-                     f'{jax.device_count()} devices')
+  check_config(config)
   configs = [with_seed(config, seed) for seed in seeds]
   workdirs = [run_path(w) for w in workdirs]
   for workdir in workdirs:

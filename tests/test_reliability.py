@@ -68,14 +68,20 @@ def test_mistyped_config_or_flag_is_one_line_exit_2_and_writes_nothing(tmp_path,
   assert not workdir.exists()
 
 
-def test_a_sweep_refuses_an_override_of_what_its_points_set(tmp_path):
+@pytest.mark.parametrize('override, devices, message', [
+    ({'model.alpha': 0.5}, 1, '--config.model.alpha is set by each sweep point; choose the grid with '
+                              '--config.sweep.alphas='),
+    # Only JAX knows the devices: a mistake every point's runs would fail on alike (each run would be tried, fail
+    # and be recorded) is found before the first point.
+    ({'batch_size': 6}, 4, 'batch_size 6 is not a positive multiple of the 4 devices'),
+])
+def test_a_sweep_refuses_a_config_before_its_first_point(tmp_path, override, devices, message):
   workdir = tmp_path / 'sweep'
-  command = main_command(workdir, {'model.alpha': 0.5}, config_file=REPO / 'experiments' / 'sweep.py', preset='smoke')
-  result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=60)
+  command = main_command(workdir, override, config_file=REPO / 'experiments' / 'sweep.py', preset='smoke')
+  result = subprocess.run(command, env=subprocess_env(devices=devices), capture_output=True, text=True, timeout=60)
   assert result.returncode == 2
   lines = result.stderr.strip().splitlines()
-  assert len(lines) == 1 and '--config.model.alpha is set by each sweep point' in lines[0], result.stderr
-  assert '--config.sweep.alphas=' in lines[0]
+  assert len(lines) == 1 and lines[0].startswith('error:') and message in lines[0], result.stderr
   assert not workdir.exists()
 
 
