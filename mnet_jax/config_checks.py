@@ -6,7 +6,8 @@ once. Each is checked again where it is used (`train`, `optim`, `input_pipeline`
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import math
+from collections.abc import Callable, Collection
 from typing import Any
 
 from mnet_jax import architecture
@@ -17,6 +18,43 @@ EVAL_PREPROCESSING = ('square', 'slim')
 # The model fields each sweep point sets, and the sweep field that lists their values instead.
 SWEEP_POINT_FIELDS = {'model.alpha': 'sweep.alphas', 'model.resolution': 'sweep.resolutions',
                       'model.variant': 'sweep.variants'}
+
+
+
+def _integer(v: Any) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v: Any) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+# Numeric fields and the values that mean something; each would otherwise train (a negative rate, dropout 2) or
+# fail only later. Fields a config does not have are skipped.
+RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    'batch_size': ('a positive integer', lambda v: _integer(v) and v >= 1),
+    'num_epochs': ('a positive number', lambda v: _number(v) and v > 0),
+    'log_every_steps': ('a positive integer', lambda v: _integer(v) and v >= 1),
+    'checkpoint_every_steps': ('a positive integer', lambda v: _integer(v) and v >= 1),
+    'eval_every_steps': ('a non-negative integer (0: at the end only)', lambda v: _integer(v) and v >= 0),
+    'max_checkpoints_to_keep': ('a positive integer', lambda v: _integer(v) and v >= 1),
+    'model.dropout_rate': ('in [0, 1)', lambda v: _number(v) and 0 <= v < 1),
+    'model.bn_momentum': ('in [0, 1]', lambda v: _number(v) and 0 <= v <= 1),
+    'model.bn_epsilon': ('a positive number', lambda v: _number(v) and v > 0),
+    'optim.learning_rate': ('a non-negative number', lambda v: _number(v) and v >= 0),
+    'optim.base_batch_size': ('a positive number', lambda v: _number(v) and v > 0),
+    'optim.momentum': ('in [0, 1)', lambda v: _number(v) and 0 <= v < 1),
+    'optim.rmsprop_decay': ('in [0, 1)', lambda v: _number(v) and 0 <= v < 1),
+    'optim.epsilon': ('a positive number', lambda v: _number(v) and v > 0),
+    'optim.decay_epochs': ('a positive number', lambda v: _number(v) and v > 0),
+    'optim.warmup_epochs': ('a non-negative number', lambda v: _number(v) and v >= 0),
+    'optim.weight_decay': ('a non-negative number', lambda v: _number(v) and v >= 0),
+    'optim.grad_clip_norm': ('a non-negative number (0: no clipping)', lambda v: _number(v) and v >= 0),
+    'optim.label_smoothing': ('in [0, 1)', lambda v: _number(v) and 0 <= v < 1),
+    'optim.ema_decay': ('in [0, 1) (0: no EMA)', lambda v: _number(v) and 0 <= v < 1),
+    'data.min_area': ('in (0, 1]', lambda v: _number(v) and 0 < v <= 1),
+    'data.eval_crop': ('in (0, 1]', lambda v: _number(v) and 0 < v <= 1),
+}
 
 
 def unknown(what: str, value: Any, choices: Collection[str]) -> str:
@@ -34,8 +72,13 @@ def check(config: Any, overrides: Collection[str] = ()) -> None:
   architecture.check_alpha(config.model.alpha)
   architecture.check_variant(config.model.variant)
   architecture.check_resolution(config.model.resolution)
-  if isinstance(config.batch_size, bool) or not isinstance(config.batch_size, int) or config.batch_size < 1:
-    raise ValueError(f'batch_size must be a positive integer, got {config.batch_size!r}')
+  for field, (rule, holds) in RANGES.items():
+    *parents, leaf = field.split('.')
+    node = config
+    for parent in parents:
+      node = node.get(parent, {})
+    if leaf in node and not holds(node[leaf]):
+      raise ValueError(f'{field} must be {rule}, got {node[leaf]!r}')
   if config.optim.optimizer not in OPTIMIZERS:
     raise ValueError(unknown('optimizer', config.optim.optimizer, OPTIMIZERS))
   if config.optim.schedule not in SCHEDULES:
