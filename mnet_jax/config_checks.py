@@ -1,7 +1,7 @@
 """The mistakes a config can hold that show without JAX or TensorFlow.
 
-`main` checks them before it imports those (~3.5 s), so that a wrong size or a mistyped name is one line at
-once. Each is checked again where it is used (`train`, `optim`, `input_pipeline`), for callers of the library.
+`main` checks them before it imports those (~3.5 s), so that a wrong size, rate or name is one line at once;
+`train.check_config` checks them too, for callers of the library and for each point of a sweep.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ EVAL_PREPROCESSING = ('square', 'slim')
 # The model fields each sweep point sets, and the sweep field that lists their values instead.
 SWEEP_POINT_FIELDS = {'model.alpha': 'sweep.alphas', 'model.resolution': 'sweep.resolutions',
                       'model.variant': 'sweep.variants'}
-
 
 
 def _integer(v: Any) -> bool:

@@ -27,7 +27,7 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mnet_jax import architecture, checkpointing, cost, folding, input_pipeline, optim, warm_start
+from mnet_jax import architecture, checkpointing, config_checks, cost, folding, input_pipeline, optim, warm_start
 from mnet_jax.fileio import atomic_write_json, is_remote, read_json, run_path
 from mnet_jax.metric_writer import MetricWriter
 from mnet_jax.models import MobileNetV1
@@ -292,12 +292,9 @@ def with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.Co
 
 def check_config(config: ml_collections.ConfigDict) -> None:
   """ValueError naming the first mistake in a run's config that shows before any data or file is touched."""
-  create_model(config.model, 1).check()
-  architecture.check_resolution(config.model.resolution)
-  # An unknown optimizer or schedule is bad input too: say so before the workdir is written.
-  optim.create_optimizer(config.optim, optim.learning_rate_schedule(config.optim, 1, 1, 1))
-  input_pipeline.check_eval_preprocess(config.data)  # else it would fail only at the first evaluation
-  if config.batch_size < 1 or config.batch_size % jax.device_count():
+  config_checks.check(config)  # sizes, ranges and names
+  create_model(config.model, 1).check()  # the model's other fields (activation, initializer)
+  if config.batch_size % jax.device_count():
     raise ValueError(f'batch_size {config.batch_size} is not a positive multiple of the '
                      f'{jax.device_count()} devices')
 
