@@ -33,6 +33,7 @@ def _number(v: Any) -> bool:
 RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     'batch_size': ('a positive integer', lambda v: _integer(v) and v >= 1),
     'num_epochs': ('a positive number', lambda v: _number(v) and v > 0),
+    'num_train_steps': ('-1 (train num_epochs) or a non-negative integer', lambda v: _integer(v) and v >= -1),
     'log_every_steps': ('a positive integer', lambda v: _integer(v) and v >= 1),
     'checkpoint_every_steps': ('a positive integer', lambda v: _integer(v) and v >= 1),
     'eval_every_steps': ('a non-negative integer (0: at the end only)', lambda v: _integer(v) and v >= 0),

@@ -44,6 +44,7 @@ from mnet_jax import cost
     ({'optim.learning_rate': -0.1}, 'optim.learning_rate must be a non-negative number, got -0.1'),
     ({'model.dropout_rate': 2.0}, 'model.dropout_rate must be in [0, 1), got 2.0'),
     ({'checkpoint_every_steps': 0}, 'checkpoint_every_steps must be a positive integer, got 0'),
+    ({'num_train_steps': -5}, 'num_train_steps must be -1 (train num_epochs) or a non-negative integer, got -5'),
 ])
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_data_dir, tmp_path, override, message):
   workdir = tmp_path / 'run'
