@@ -32,7 +32,7 @@ def _number(v: Any) -> bool:
 # fail only later. Fields a config does not have are skipped.
 RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     'batch_size': ('a positive integer', lambda v: _integer(v) and v >= 1),
-    'num_epochs': ('a positive number', lambda v: _number(v) and v > 0),
+    'num_epochs': ('a non-negative number', lambda v: _number(v) and v >= 0),
     'num_train_steps': ('-1 (train num_epochs) or a non-negative integer', lambda v: _integer(v) and v >= -1),
     'log_every_steps': ('a positive integer', lambda v: _integer(v) and v >= 1),
     'checkpoint_every_steps': ('a positive integer', lambda v: _integer(v) and v >= 1),
@@ -46,7 +46,7 @@ RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     'optim.momentum': ('in [0, 1)', lambda v: _number(v) and 0 <= v < 1),
     'optim.rmsprop_decay': ('in [0, 1)', lambda v: _number(v) and 0 <= v < 1),
     'optim.epsilon': ('a positive number', lambda v: _number(v) and v > 0),
-    'optim.decay_epochs': ('a positive number', lambda v: _number(v) and v > 0),
+    'optim.decay_epochs': ('a non-negative number', lambda v: _number(v) and v >= 0),
     'optim.warmup_epochs': ('a non-negative number', lambda v: _number(v) and v >= 0),
     'optim.weight_decay': ('a non-negative number', lambda v: _number(v) and v >= 0),
     'optim.grad_clip_norm': ('a non-negative number (0: no clipping)', lambda v: _number(v) and v >= 0),
@@ -66,26 +66,34 @@ def unknown(what: str, value: Any, choices: Collection[str]) -> str:
 
 def check(config: Any, overrides: Collection[str] = ()) -> None:
   """ValueError naming the first mistake in `config` (a run's or a sweep's; `overrides`: the command line's
-  `--config.*` fields) that can be found without JAX or TensorFlow."""
+  `--config.*` fields) that can be found without JAX or TensorFlow. A field the config lacks is left to the code
+  that reads it."""
   if 'sweep' in config:
     check_sweep_overrides(overrides)
-  architecture.check_alpha(config.model.alpha)
-  architecture.check_variant(config.model.variant)
-  architecture.check_resolution(config.model.resolution)
-  for field, (rule, holds) in RANGES.items():
-    *parents, leaf = field.split('.')
-    node = config
-    for parent in parents:
-      node = node.get(parent, {})
-    if leaf in node and not holds(node[leaf]):
-      raise ValueError(f'{field} must be {rule}, got {node[leaf]!r}')
-  if config.optim.optimizer not in OPTIMIZERS:
-    raise ValueError(unknown('optimizer', config.optim.optimizer, OPTIMIZERS))
-  if config.optim.schedule not in SCHEDULES:
-    raise ValueError(unknown('learning-rate schedule', config.optim.schedule, SCHEDULES))
-  mode = config.data.get('eval_preprocess', EVAL_PREPROCESSING[0])
-  if mode not in EVAL_PREPROCESSING:
-    raise ValueError(unknown('data.eval_preprocess', mode, EVAL_PREPROCESSING))
+  for path, check_value in (('model.alpha', architecture.check_alpha), ('model.variant', architecture.check_variant),
+                            ('model.resolution', architecture.check_resolution)):
+    if (value := _field(config, path)) is not _MISSING:
+      check_value(value)
+  for path, (rule, holds) in RANGES.items():
+    if (value := _field(config, path)) is not _MISSING and not holds(value):
+      raise ValueError(f'{path} must be {rule}, got {value!r}')
+  for path, what, choices in (('optim.optimizer', 'optimizer', OPTIMIZERS),
+                              ('optim.schedule', 'learning-rate schedule', SCHEDULES),
+                              ('data.eval_preprocess', 'data.eval_preprocess', EVAL_PREPROCESSING)):
+    if (value := _field(config, path)) is not _MISSING and value not in choices:
+      raise ValueError(unknown(what, value, choices))
+
+
+_MISSING = object()
+
+
+def _field(config: Any, path: str) -> Any:
+  """`config`'s value at the dotted `path`, or `_MISSING`."""
+  node = config
+  for key in path.split('.'):
+    if not hasattr(node, 'get') or (node := node.get(key, _MISSING)) is _MISSING:
+      return _MISSING
+  return node
 
 
 def check_sweep_overrides(overrides: Collection[str]) -> None:

@@ -4,6 +4,7 @@ a dead or hung process of a two-process run."""
 
 import csv
 import json
+import os
 import re
 import shlex
 import shutil
@@ -54,6 +55,26 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_data_dir, tmp_path
   lines = result.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('error:') and message in lines[0], result.stderr
   assert not workdir.exists()
+
+
+def test_a_config_mistake_is_found_before_jax_or_tensorflow_is_imported(tmp_path):
+  # `jax` and `tensorflow` packages that fail on import, first on the path: the mistake must still come back as its
+  # one line, so it was found before either was imported (`config_checks`). The valid config shows the block works.
+  blocked = tmp_path / 'blocked'
+  for name in ('jax', 'tensorflow'):
+    (blocked / name).mkdir(parents=True)
+    (blocked / name / '__init__.py').write_text(f"raise ImportError('{name} was imported')\n")
+  env = dict(subprocess_env(), PYTHONPATH=f'{blocked}{os.pathsep}{REPO}')
+  for overrides, returncode in (({'model.alpha': -1.0}, 2), ({}, 1)):
+    workdir = tmp_path / 'run'
+    result = subprocess.run(main_command(workdir, overrides), env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == returncode, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    if overrides:
+      assert len(lines) == 1 and lines[0].startswith('error:') and 'alpha' in lines[0], result.stderr
+      assert not workdir.exists()
+    else:
+      assert 'was imported' in result.stderr, result.stderr[-2000:]
 
 
 @pytest.mark.parametrize('extra, message', [
