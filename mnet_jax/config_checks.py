@@ -64,6 +64,18 @@ def unknown(what: str, value: Any, choices: Collection[str]) -> str:
   return f'unknown {what} {value!r}; expected {expected}'
 
 
+_MISSING = object()
+
+
+def _field(config: Any, path: str) -> Any:
+  """`config`'s value at the dotted `path`, or `_MISSING`."""
+  node = config
+  for key in path.split('.'):
+    if not hasattr(node, 'get') or (node := node.get(key, _MISSING)) is _MISSING:
+      return _MISSING
+  return node
+
+
 def check(config: Any, overrides: Collection[str] = ()) -> None:
   """ValueError naming the first mistake in `config` (a run's or a sweep's; `overrides`: the command line's
   `--config.*` fields) that can be found without JAX or TensorFlow. A field the config lacks is left to the code
@@ -82,18 +94,6 @@ def check(config: Any, overrides: Collection[str] = ()) -> None:
                               ('data.eval_preprocess', 'data.eval_preprocess', EVAL_PREPROCESSING)):
     if (value := _field(config, path)) is not _MISSING and value not in choices:
       raise ValueError(unknown(what, value, choices))
-
-
-_MISSING = object()
-
-
-def _field(config: Any, path: str) -> Any:
-  """`config`'s value at the dotted `path`, or `_MISSING`."""
-  node = config
-  for key in path.split('.'):
-    if not hasattr(node, 'get') or (node := node.get(key, _MISSING)) is _MISSING:
-      return _MISSING
-  return node
 
 
 def check_sweep_overrides(overrides: Collection[str]) -> None:
