@@ -155,6 +155,10 @@ def _tradeoff_figure(rows: list[dict[str, Any]], axis: Axis, dataset: str | None
   ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
   ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f'{value:g}'))
   ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+  # Accuracy lives in [0, 100]. A CI of a mean near chance over few seeds reaches past it (t = 12.7 at n = 2): the
+  # axis stops at the range and cuts the bar there, instead of showing negative accuracies.
+  low, high = ax.get_ylim()
+  ax.set_ylim(max(low, 0.0), min(high, 100.0))
   ax.set_xlabel(axis.label)
   ax.set_ylabel('Top-1 accuracy (%)')
   ax.set_title(f'MobileNet V1{f" on {dataset}" if dataset else ""}: top-1 accuracy vs {axis.title}{subtitle}',

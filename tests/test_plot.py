@@ -156,6 +156,15 @@ def test_seed_means_carry_ci_error_bars_and_the_fit_its_band(tmp_path):
   assert any(t.startswith('95% CI of the mean') for t in legend)
 
 
+def test_the_accuracy_axis_stays_within_0_and_100_percent_when_a_ci_reaches_past_it(tmp_path):
+  rows = [dict(row, top1=0.03, top1_ci95=0.2, n=2) if row['alpha'] == 0.5 else dict(row, top1=0.97, top1_ci95=0.2, n=2)
+          for row in _grid_rows('toy')]
+  ax = plot._tradeoff_figure(rows, plot.AXES[0], 'toy').axes[0]
+  assert ax.get_ylim() == (0.0, 100.0)
+  lengths = [y1 - y0 for c in ax.containers for (_, y0), (_, y1) in c.lines[2][0].get_segments()]
+  assert lengths == pytest.approx([40.0] * 4)  # the bars keep their length; the axis cuts them
+
+
 def test_figures_from_run_and_point_rows(tmp_path):
   _seeded_results(tmp_path)
   assert plot.main([f'--workdir={tmp_path}']) == 0
