@@ -1,10 +1,7 @@
 """Readers of published MobileNet V1 weights, as data (HDF5, JSON, TF checkpoint tables): nothing in a file is
 executed or unpickled. Each gives a `Source`: its variables' names and shapes, a reader of one variable, and the
 source name of each mnet_jax variable; `convert` maps them onto mnet_jax's variables and checks every shape.
-
-  keras  `keras.applications.MobileNet` saved as `.keras` (Keras 3) or `.h5` (a legacy HDF5 model or weights file)
-  slim   a TF-slim `mobilenet_v1` checkpoint (PREFIX.index + PREFIX.data-*), variable names from
-         tensorflow/models research/slim/nets/mobilenet_v1.py
+The formats (Keras `.keras`/`.h5`, TF-slim checkpoints) are listed once, in `convert`'s docstring.
 """
 
 from __future__ import annotations
