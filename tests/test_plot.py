@@ -157,8 +157,7 @@ def test_seed_means_carry_ci_error_bars_and_the_fit_its_band(tmp_path):
 
 
 def test_the_accuracy_axis_stays_within_0_and_100_percent_when_a_ci_reaches_past_it():
-  rows = [dict(row, top1=0.03, top1_ci95=0.2, n=2) if row['alpha'] == 0.5 else dict(row, top1=0.97, top1_ci95=0.2, n=2)
-          for row in _grid_rows('toy')]
+  rows = [dict(row, top1=0.03 if row['alpha'] == 0.5 else 0.97, top1_ci95=0.2, n=2) for row in _grid_rows('toy')]
   ax = plot._tradeoff_figure(rows, plot.AXES[0], 'toy').axes[0]
   assert ax.get_ylim() == (0.0, 100.0)
   lengths = [y1 - y0 for c in ax.containers for (_, y0), (_, y1) in c.lines[2][0].get_segments()]
