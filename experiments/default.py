@@ -26,6 +26,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.model.alpha = 1.0 if imagenet else 0.5
   config.model.resolution = 224 if imagenet else 64
   config.model.variant = 'separable'
+  config.model.depth = 1.0  # depth multiplier: each stage of same-width blocks ceil(depth x its blocks) long
   config.model.activation = 'relu6'
   config.model.min_depth = 8
   config.model.dropout_rate = 0.001  # TF-slim: keep_prob 0.999
@@ -44,6 +45,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.folder = ''  # root of root/<split>/<label>/*.jpg when name == 'folder'
   config.data.data_dir = ''  # TFDS data dir; '' = TFDS's default (~/tensorflow_datasets)
   config.data.train_split = 'train'
+  # > 0: train on that many examples, the first of one fixed class-balanced order (the data-size axis: the same
+  # subset for every point and seed, the smaller nested in the larger); -1: the whole train split.
+  config.data.train_examples = -1
   config.data.eval_split = 'validation' if imagenet else 'test'
   config.data.min_area = 0.35 if imagenet else 0.5  # the paper limits small crops
   config.data.aspect_range = (3 / 4, 4 / 3)
@@ -82,6 +86,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.init_from = ''
   config.log_every_steps = 100 if imagenet else 20
   config.eval_every_steps = 5000 if imagenet else 0  # 0: evaluate at the end only
+  # Learning curves (<run dir>/curve.json, the sweep's curves.csv): 'log:K' evaluates at K doubling steps ending at
+  # the last, '50,100,300' at those steps, '' at the end only (with eval_every_steps' multiples in every case).
+  config.eval_at = ''
   config.checkpoint_every_steps = 2000 if imagenet else 100
   config.max_checkpoints_to_keep = 3
   config.compilation_cache_dir = ''  # '' = <workdir>/.jax_cache

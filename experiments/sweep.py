@@ -4,9 +4,13 @@
   python -m mnet_jax.main --config=experiments/sweep.py:smoke --workdir=runs/smoke    # a few points, CI
   python -m mnet_jax.main --config=experiments/sweep.py:imagenet2012 --workdir=gs://bucket/sweep
 
+  python -m mnet_jax.main --config=experiments/sweep.py:steps --workdir=runs/steps      # α × training steps
+
 Grid fields are comma-separated strings, e.g. --config.sweep.alphas=1,0.5 or
 --config.sweep.only=a1_r224 (run one point, e.g. one point per TPU slice). Each point sets model.alpha,
 model.resolution and model.variant, so overriding those is an error that names the sweep field to use.
+Any other field is an axis through sweep.axes (mnet_jax/study.py), e.g.
+--config.sweep.axes="num_train_steps=150,300;optim.learning_rate=0.004,0.008".
 """
 
 import ml_collections
@@ -16,8 +20,8 @@ from mnet_jax.config_util import parse_arg, sibling
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   arg = parse_arg(arg, preset='offline')
-  if arg.preset not in ('offline', 'smoke', 'imagenet2012'):
-    raise ValueError(f'unknown preset {arg.preset!r}; expected offline, smoke or imagenet2012')
+  if arg.preset not in ('offline', 'smoke', 'steps', 'imagenet2012'):
+    raise ValueError(f'unknown preset {arg.preset!r}; expected offline, smoke, steps or imagenet2012')
   imagenet = arg.preset == 'imagenet2012'
   config = sibling(__file__, 'default').get_config('imagenet2012' if imagenet else 'offline')
   config.sweep = ml_collections.ConfigDict()
@@ -28,6 +32,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.sweep.resolutions = '224,192,160,128' if imagenet else '63,54,45,36'
   config.sweep.points = ''  # explicit point names instead of the grid, e.g. a1_r224,conv_a1_r224
   config.sweep.only = ''  # run only these point names
+  # Any other config field as an axis: "FIELD=V1,V2;FIELD=V1,V2" (a product; element-wise with zip_axes), or, in a
+  # config file, a list of dicts, one per point. An axis on model.alpha/resolution/variant replaces that grid field.
+  config.sweep.axes = ''
+  config.sweep.zip_axes = False
   config.sweep.seeds = '0,1,2'  # each point once per seed: mean and 95% CI over seeds
   # Points trained side by side, each in its own process on its own cores (CPU only; mnet_jax/sweep_workers.py):
   # 2 on a 2-core machine. Each point then rounds as a one-core run does, not as the default's two-core run.
@@ -40,7 +48,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Also export each seed's model as full-integer int8 (calibrated on 300 training images): its top-1 on the eval
   # split, and the int8 flatbuffer's latency. Measured 6-13 s per seed (0.25-36 to 1.0-63): ~7 min of the study.
   config.sweep.tflite_int8 = False
-  if arg.preset == 'offline':
+  if arg.preset in ('offline', 'steps'):
     # One recipe for every point, chosen on the validation split (README: "How the offline recipe was chosen").
     config.num_train_steps = 300
     config.checkpoint_every_steps = 150  # a point's run takes 1-4 min; each save of its seeds costs ~1.3 s
@@ -55,6 +63,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # (periods 1.36x apart, crops of area 0.5 rescale by up to 1.41x). Train and eval see the whole image.
     config.data.min_area = 1.0
     config.data.eval_crop = 1.0
+  if arg.preset == 'steps':
+    # How top-1 and eval loss grow with training compute: α × training length at one resolution, each run with its
+    # own full cosine schedule, learning curves at doubling steps (eval_at) on top of each run's final evaluation.
+    config.sweep.alphas = '1,0.5,0.25'
+    config.sweep.resolutions = '45'
+    config.sweep.axes = 'num_train_steps=75,150,300,600'
+    config.eval_at = 'log:6'
+    config.sweep.latency_batch = 0  # the question is training compute: no latency probes
+    config.sweep.tflite_latency = False
   if arg.preset == 'smoke':
     config.sweep.alphas = '0.5,0.25'
     config.sweep.resolutions = '48,40'

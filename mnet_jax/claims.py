@@ -57,6 +57,8 @@ def _points(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   for row in map(report.with_kind, rows):
     if row['kind'] != report.POINT or (row.get('n') or 0) < 1 or report.numeric(row, 'top1') is None:
       continue
+    if row['name'] != report.grid_name(row):  # a point of another axis too (steps, data, ...): not the paper's grid
+      continue
     if row['name'] not in chosen or row['n'] >= chosen[row['name']]['n']:
       chosen[row['name']] = row
   return report.point_rows(list(chosen.values()))

@@ -10,7 +10,7 @@ import math
 from collections.abc import Callable, Collection
 from typing import Any
 
-from mnet_jax import architecture
+from mnet_jax import architecture, curves
 
 OPTIMIZERS = ('rmsprop', 'sgd')
 SCHEDULES = ('exponential', 'cosine', 'constant')
@@ -54,6 +54,7 @@ RANGES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     'optim.ema_decay': ('in [0, 1) (0: no EMA)', lambda v: _number(v) and 0 <= v < 1),
     'data.min_area': ('in (0, 1]', lambda v: _number(v) and 0 < v <= 1),
     'data.eval_crop': ('in (0, 1]', lambda v: _number(v) and 0 < v <= 1),
+    'data.train_examples': ('-1 (all) or a positive integer', lambda v: _integer(v) and (v == -1 or v >= 1)),
 }
 
 
@@ -82,13 +83,16 @@ def check(config: Any, overrides: Collection[str] = ()) -> None:
   that reads it."""
   if 'sweep' in config:
     check_sweep_overrides(overrides)
-  for path, check_value in (('model.alpha', architecture.check_alpha), ('model.variant', architecture.check_variant),
+  for path, check_value in (('model.alpha', architecture.check_alpha), ('model.depth', architecture.check_depth),
+                            ('model.variant', architecture.check_variant),
                             ('model.resolution', architecture.check_resolution)):
     if (value := _field(config, path)) is not _MISSING:
       check_value(value)
   for path, (rule, holds) in RANGES.items():
     if (value := _field(config, path)) is not _MISSING and not holds(value):
       raise ValueError(f'{path} must be {rule}, got {value!r}')
+  if (value := _field(config, 'eval_at')) is not _MISSING:
+    curves.check_eval_at(value)
   for path, what, choices in (('optim.optimizer', 'optimizer', OPTIMIZERS),
                               ('optim.schedule', 'learning-rate schedule', SCHEDULES),
                               ('data.eval_preprocess', 'data.eval_preprocess', EVAL_PREPROCESSING)):

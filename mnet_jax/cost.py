@@ -5,6 +5,7 @@ fully connected layer; parameters are the convolution and fully connected weight
 the classifier bias. BatchNorm, activations and pooling are not counted.
 
     python -m mnet_jax.cost --alpha 1,0.75,0.5,0.25 --resolution 224,192,160,128
+    python -m mnet_jax.cost --depth 2
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class ModelCost:
   variant: str
   num_classes: int
   layers: tuple[LayerCost, ...]
+  depth: float = 1.0
 
   @property
   def mult_adds(self) -> int:
@@ -68,15 +70,23 @@ class ModelCost:
 
 
 def model_cost(alpha: float = 1.0, resolution: int = 224, variant: str = 'separable',
-               num_classes: int = 1000, min_depth: int = 8) -> ModelCost:
-  """Cost of a MobileNet of width multiplier `alpha` at input size `resolution`."""
-  layers = architecture.layers(alpha, resolution, variant, num_classes, min_depth)
-  return ModelCost(alpha, resolution, variant, num_classes, tuple(map(layer_cost, layers)))
+               num_classes: int = 1000, min_depth: int = 8, depth: float = 1.0) -> ModelCost:
+  """Cost of a MobileNet of width multiplier `alpha` and depth multiplier `depth` at input size `resolution`."""
+  layers = architecture.layers(alpha, resolution, variant, num_classes, min_depth, depth=depth)
+  return ModelCost(alpha, resolution, variant, num_classes, tuple(map(layer_cost, layers)), depth)
+
+
+def _model_name(cost: ModelCost) -> str:
+  """'1 MobileNet-224', with the variant and the depth multiplier where they are not the paper's model's."""
+  notes = [cost.variant] if cost.variant != 'separable' else []
+  notes += [f'depth {cost.depth:g}'] if cost.depth != 1 else []
+  return f'{cost.alpha:g} MobileNet-{cost.resolution}' + (f' ({", ".join(notes)})' if notes else '')
 
 
 def format_layers(cost: ModelCost) -> str:
   """A readable per-layer table followed by the Table 2 breakdown."""
-  lines = [f'MobileNet {cost.alpha:g}-{cost.resolution} ({cost.variant}, {cost.num_classes} classes)',
+  depth = f', depth {cost.depth:g}' if cost.depth != 1 else ''
+  lines = [f'MobileNet {cost.alpha:g}-{cost.resolution} ({cost.variant}{depth}, {cost.num_classes} classes)',
            f'{"layer":<20} {"type":<16} {"s":>2} {"input":>16} {"Mult-Adds":>13} {"params":>10}']
   for c in cost.layers:
     size = f'{c.layer.in_size}x{c.layer.in_size}x{c.layer.in_channels}'
@@ -92,15 +102,16 @@ def format_layers(cost: ModelCost) -> str:
 
 def format_grid(costs: list[ModelCost]) -> str:
   """The paper's Tables 6/7 layout: one row per model."""
-  lines = [f'{"Model":<28} {"Million Mult-Adds":>18} {"Million Parameters":>19}']
-  for c in costs:
-    name = f'{c.alpha:g} MobileNet-{c.resolution}' + ('' if c.variant == 'separable' else f' ({c.variant})')
-    lines.append(f'{name:<28} {c.mult_adds / 1e6:>18.1f} {c.params / 1e6:>19.2f}')
+  names = [_model_name(c) for c in costs]
+  width = max(28, *map(len, names))
+  lines = [f'{"Model":<{width}} {"Million Mult-Adds":>18} {"Million Parameters":>19}']
+  for name, c in zip(names, costs, strict=True):
+    lines.append(f'{name:<{width}} {c.mult_adds / 1e6:>18.1f} {c.params / 1e6:>19.2f}')
   return '\n'.join(lines)
 
 
 def summary(cost: ModelCost) -> dict:
-  return {'alpha': cost.alpha, 'resolution': cost.resolution, 'variant': cost.variant,
+  return {'alpha': cost.alpha, 'resolution': cost.resolution, 'variant': cost.variant, 'depth': cost.depth,
           'num_classes': cost.num_classes, 'mult_adds': cost.mult_adds, 'params': cost.params}
 
 
@@ -121,11 +132,13 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--alpha', type=_number_list(float), default=[1.0], help='width multiplier(s), e.g. 1,0.75')
   parser.add_argument('--resolution', type=_number_list(int), default=[224], help='input size(s), e.g. 224,192')
   parser.add_argument('--variant', default='separable', help=f'one of {", ".join(architecture.VARIANTS)}')
+  parser.add_argument('--depth', type=float, default=1.0,
+                      help='depth multiplier: a stage of N blocks of one width gets ceil(depth x N)')
   parser.add_argument('--num_classes', type=int, default=1000)
   parser.add_argument('--json', action='store_true', help='print JSON instead of a table')
   args = parser.parse_args(argv)
   try:
-    costs = [model_cost(a, r, args.variant, args.num_classes)
+    costs = [model_cost(a, r, args.variant, args.num_classes, depth=args.depth)
              for a in args.alpha for r in args.resolution]
   except ValueError as e:
     print(f'error: {e}', file=sys.stderr)

@@ -55,7 +55,7 @@ SAVED_MODEL, FLOAT_TFLITE, INT8_TFLITE, REPORT = 'saved_model', 'model_float32.t
     'export.json'
 THREADS = (1, 2)  # the interpreter thread counts the sweep's latency axis measures
 CALIBRATION_IMAGES = 300  # int8: "a few hundred" training images
-_MODEL_FIELDS = ('alpha', 'num_classes', 'variant', 'min_depth', 'activation', 'bn_epsilon')
+_MODEL_FIELDS = ('alpha', 'depth', 'num_classes', 'variant', 'min_depth', 'activation', 'bn_epsilon')
 _EVAL_BATCH = 50
 
 

@@ -108,6 +108,7 @@ class FoldedMobileNetV1(nn.Module):
   average pool, classifier. The fields are `MobileNetV1`'s that shape the network; `of(model)` copies them."""
 
   alpha: float = 1.0
+  depth: float = 1.0
   num_classes: int = 1000
   min_depth: int = 8
   variant: str = 'separable'
@@ -122,7 +123,7 @@ class FoldedMobileNetV1(nn.Module):
   def of(cls, model: nn.Module, **overrides: Any) -> FoldedMobileNetV1:
     """The folded counterpart of a `MobileNetV1` (its epsilon goes to `fold`), e.g. with another impl."""
     fields = {name: getattr(model, name) for name in
-              ('alpha', 'num_classes', 'min_depth', 'variant', 'activation', 'dtype', 'depthwise_impl')}
+              ('alpha', 'depth', 'num_classes', 'min_depth', 'variant', 'activation', 'dtype', 'depthwise_impl')}
     return cls(**{**fields, **overrides})
 
   @nn.compact
@@ -134,7 +135,8 @@ class FoldedMobileNetV1(nn.Module):
     if self.pointwise_impl not in POINTWISE_IMPLS:
       raise ValueError(f'unknown pointwise_impl {self.pointwise_impl!r}; expected one of {", ".join(POINTWISE_IMPLS)}')
     x = images.astype(self.dtype)
-    for layer in architecture.layers(self.alpha, images.shape[1], self.variant, self.num_classes, self.min_depth):
+    for layer in architecture.layers(self.alpha, images.shape[1], self.variant, self.num_classes, self.min_depth,
+                                     depth=self.depth):
       if layer.kind == 'fc':
         x = jnp.mean(x, axis=(1, 2))
         x = nn.Dense(layer.out_channels, dtype=self.dtype, name=layer.name)(x)

@@ -5,6 +5,8 @@ at positions [s * B, (s + 1) * B) of an endless sequence of epochs, each epoch a
 permutation of the split (`tf.random.experimental.index_shuffle`), and process p of P takes
 the p-th slice of it. So a run resumed at step s sees exactly the data an uninterrupted
 run sees, skipping costs nothing, and the union over processes is the same whatever P is.
+With `data.train_examples` = N > 0 an epoch permutes N positions, each mapped to the index in
+the split of an example of the subset (`subsets`: the same N examples for every run).
 Augmentation draws from stateless random ops keyed by the example's global position.
 Evaluation reads example i of its split at global position i, each process only its own.
 Both need random access to the split: it is held in memory (encoded) when `cache` is set
@@ -28,7 +30,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mnet_jax import datasets, philox
+from mnet_jax import datasets, philox, subsets
 from mnet_jax.config_checks import EVAL_PREPROCESSING, unknown
 
 # TF must not claim the accelerator memory that JAX uses.
@@ -56,7 +58,7 @@ def dataset_info(data: Any) -> DatasetInfo:
   builder = _builder(data)
   return DatasetInfo(
       num_classes=builder.info.features['label'].num_classes,
-      num_train=_num_examples(builder, data.train_split),
+      num_train=_train_size(builder, data),
       num_eval=_num_examples(builder, data.eval_split))
 
 
@@ -67,12 +69,14 @@ def train_batches(data: Any, *, global_batch_size: int, resolution: int, seed: i
   process_index, process_count = _process(process_index, process_count)
   local_batch_size = _local_batch_size(global_batch_size, process_count)
   builder = _builder(data)
-  size = _num_examples(builder, data.train_split)
+  size = _train_size(builder, data)
   preprocessed = _preprocessed_in_memory(builder, data, resolution) if _crop_is_whole_image(data) else None
   if preprocessed is None:
-    fetch = _random_access(builder, data, data.train_split)
+    fetch_from_split = _random_access(builder, data, data.train_split)
   else:
-    fetch = lambda index: (tf.gather(preprocessed[0], index), tf.gather(preprocessed[1], index))  # noqa: E731
+    fetch_from_split = lambda index: (tf.gather(preprocessed[0], index), tf.gather(preprocessed[1], index))  # noqa: E731
+  subset = _train_subset(builder, data, size)
+  fetch = fetch_from_split if subset is None else lambda index: fetch_from_split(tf.gather(subset, index))
   seed = tf.constant(seed, tf.int64)
 
   def position_of(counter: tf.Tensor) -> tf.Tensor:
@@ -199,6 +203,37 @@ def _num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
     return builder.info.splits[split].num_examples
   except KeyError:
     raise DatasetError(f'{builder.name} has no split {split!r}; it has {", ".join(builder.info.splits)}') from None
+
+
+def _train_size(builder: tfds.core.DatasetBuilder, data: Any) -> int:
+  """The number of examples training draws from: data.train_examples (-1: the whole train split)."""
+  size = _num_examples(builder, data.train_split)
+  wanted = data.get('train_examples', -1)
+  if wanted == -1:
+    return size
+  if not 1 <= wanted <= size:
+    raise DatasetError(f'data.train_examples must be -1 (all) or in [1, {size}]: {data.name} has {size} '
+                       f'{data.train_split!r} examples, got {wanted}')
+  return wanted
+
+
+def _train_subset(builder: tfds.core.DatasetBuilder, data: Any, size: int) -> tf.Tensor | None:
+  """The split indices (int64) of the `size` (`_train_size`) examples trained on; None for the whole split."""
+  if size == _num_examples(builder, data.train_split):  # all of them: the same batches as train_examples=-1
+    return None
+  key = (data.name, data.folder, data.data_dir, str(builder.version), data.train_split)
+  order = subsets.cached_order(key, lambda: _labels(builder, data, data.train_split))
+  return tf.constant(order[:size], tf.int64)
+
+
+def _labels(builder: tfds.core.DatasetBuilder, data: Any, split: str) -> np.ndarray:
+  """The split's labels by example index. A data source's records hold each label beside its image, so this
+  reads the whole split once per process, as much reading as an epoch (ImageNet's train split: ~140 GB)."""
+  if _held_in_memory(data):
+    return _encoded_in_memory(builder, data, split)[1]
+  fetch = _random_access(builder, data, split)
+  chunks = tf.data.Dataset.range(_num_examples(builder, split)).batch(_READ_CHUNK)
+  return np.concatenate(list(_numpy(_map(chunks, lambda index: fetch(index)[1]))))
 
 
 def _encoded_stream(builder: tfds.core.DatasetBuilder, split: str) -> tf.data.Dataset:

@@ -14,7 +14,7 @@ import traceback
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from mnet_jax import cli, config_checks, runtime
+from mnet_jax import cli, config_checks, runtime, study
 
 cli.configure_tensorflow()  # none of the imports above loads TensorFlow; train and input_pipeline do, later
 cli.exit_without_collecting()
@@ -50,6 +50,8 @@ def main(argv: list[str]) -> int:
   config = FLAGS.config
   try:
     config_checks.check(config, FLAGS['config'].override_values)  # before the imports: a mistake at once
+    if 'sweep' in config:
+      study.expand(config)
   except ValueError as e:
     return _usage_error(e)
   with cli.collector_paused_then_frozen():  # after flag parsing: keeps --help fast

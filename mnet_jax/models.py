@@ -22,13 +22,15 @@ KERNEL_INITS = {'he_normal': (nn.initializers.he_normal(), nn.initializers.lecun
 
 
 class MobileNetV1(nn.Module):
-  """MobileNet of width multiplier `alpha`; the resolution multiplier is the input size.
+  """MobileNet of width multiplier `alpha` and depth multiplier `depth` (`architecture.block_specs`); the
+  resolution multiplier is the input size.
 
   Every convolution is followed by BatchNorm and the activation; a global average
   pool, dropout and the fully connected classifier end the network.
   """
 
   alpha: float = 1.0
+  depth: float = 1.0  # each stage of same-width blocks repeated ceil(depth x its blocks) times
   num_classes: int = 1000
   min_depth: int = 8
   variant: str = 'separable'
@@ -43,6 +45,7 @@ class MobileNetV1(nn.Module):
   def check(self) -> None:
     """Raise ValueError naming the first bad field."""
     architecture.check_alpha(self.alpha)
+    architecture.check_depth(self.depth)
     architecture.check_variant(self.variant)
     if self.activation not in ACTIVATIONS:
       raise ValueError(f'unknown activation {self.activation!r}; expected one of {", ".join(ACTIVATIONS)}')
@@ -65,7 +68,7 @@ class MobileNetV1(nn.Module):
     x = images.astype(self.dtype)
     init, classifier_init = KERNEL_INITS[self.kernel_init]
     for layer in architecture.layers(
-        self.alpha, images.shape[1], self.variant, self.num_classes, self.min_depth):
+        self.alpha, images.shape[1], self.variant, self.num_classes, self.min_depth, depth=self.depth):
       if layer.kind == 'conv3x3':
         x = Conv(layer.out_channels, 3, layer.stride, self.depthwise_impl, self.dtype, init, name=layer.name)(x)
       elif layer.kind == 'depthwise':

@@ -1,8 +1,9 @@
 """Trade-off figures of a sweep: top-1 vs Mult-Adds (paper Figure 4), vs params (Figure 5), vs latency (XLA and
-LiteRT), ablations.
+LiteRT), vs training FLOPs and examples seen; ablations; learning curves (`plot_study`).
 
 Each point is the mean over its finished seeds (the 'point' rows of results.json) with its 95% CI; the
-log-linear fit comes with its 95% confidence band. Figures are rebuilt from results.json alone:
+log-linear fit comes with its 95% confidence band. The series follow the swept fields of study.json (see
+`plot_study`); the learning curves come from curves.csv. Figures are rebuilt from those files alone:
 
     python -m mnet_jax.plot --workdir=DIR
 """
@@ -12,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
-import math
 import os
 import sys
 from typing import Any
@@ -20,11 +20,10 @@ from typing import Any
 import matplotlib
 import numpy as np
 from etils import epath
-from matplotlib import ticker
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
-from mnet_jax import published, report, stats
+from mnet_jax import plot_study, published, report, stats
 
 FORMATS = ('png', 'svg')
 _RESOLUTION_DASHES = ((0, (5, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)), (0, (2, 2)), (0, (8, 3)))
@@ -40,11 +39,17 @@ class Axis:
   unit: str
   stem: str
   title: str
+  moved_by: tuple[str, ...] = plot_study.ARCHITECTURE_FIELDS  # the swept fields that move this x
+  budget: bool = False  # drawn only where the points' training budgets differ (`plot_study.budget_varies`)
 
 
 AXES = (
     Axis('mult_adds', 1e-6, 'Mult-Adds (millions, log scale)', 'Mult-Adds', 'top1_vs_mult_adds', 'Mult-Adds'),
     Axis('params', 1e-6, 'Parameters (millions, log scale)', 'params', 'top1_vs_params', 'parameters'),
+    Axis('train_flops', 1.0, 'Training compute (FLOPs, forward + backward; log scale)', 'FLOPs',
+         'top1_vs_train_flops', 'training compute', plot_study.BUDGET_FIELDS, budget=True),
+    Axis('examples_seen', 1.0, 'Training examples seen (steps × global batch; log scale)', 'examples',
+         'top1_vs_examples_seen', 'training examples seen', plot_study.BUDGET_FIELDS, budget=True),
     Axis('latency_ms', 1.0, 'Measured batch-1 inference latency (ms, log scale)', 'latency', 'top1_vs_latency',
          'measured latency'),
     Axis('tflite_1t_latency_ms', 1.0, 'Single-image latency in LiteRT (TFLite float32, XNNPACK, 1 thread; ms, log '
@@ -87,20 +92,16 @@ def _error_bars(ax: Any, points: list[dict[str, Any]], axis: Axis, color: Any) -
 
 def pareto_frontier(points: list[dict[str, Any]], field: str) -> list[dict[str, Any]]:
   """The non-dominated points, cheapest first: each has a higher top-1 than every point costing as much or less."""
-  frontier, best = [], -math.inf
-  # At equal cost the more accurate point comes first, so the other one is dominated.
-  for row in sorted(points, key=lambda r: (r[field], -r['top1'])):
-    if row['top1'] > best:
-      frontier.append(row)
-      best = row['top1']
-  return frontier
+  return plot_study.frontier(points, lambda r: r[field], lambda r: r['top1'])
 
 
-def _tradeoff_figure(rows: list[dict[str, Any]], axis: Axis, dataset: str | None) -> Figure | None:
-  """Top-1 vs one cost: seed means with 95% CIs, a line per α and per resolution, the log-linear fit with its
-  95% confidence band, the Pareto frontier, and the published results if ImageNet."""
+def _tradeoff_figure(rows: list[dict[str, Any]], axis: Axis, dataset: str | None,
+                     swept: list[str] | None = None) -> Figure | None:
+  """Top-1 vs one cost: seed means with 95% CIs, a line per series of the swept fields (α×ρ: per α and per
+  resolution), the log-linear fit with its 95% confidence band, the Pareto frontier, and the published results
+  if ImageNet."""
   rows = [r for r in report.finished_points(rows, axis.field) if r.get('variant', 'separable') == 'separable']
-  if not rows:
+  if not rows or (axis.budget and not plot_study.budget_varies(rows)):
     return None
   fig = Figure(figsize=(9.5, 5.8), layout='constrained')
   ax = fig.add_subplot()
@@ -111,24 +112,22 @@ def _tradeoff_figure(rows: list[dict[str, Any]], axis: Axis, dataset: str | None
   def xy(points):
     return [_x(r, axis) for r in by_cost(points)], [100 * r['top1'] for r in by_cost(points)]
 
-  alphas = sorted({r['alpha'] for r in rows}, reverse=True)
-  colors = matplotlib.colormaps['viridis'](np.linspace(0.0, 0.85, max(len(alphas), 2)))
-  alpha_handles = []
-  for alpha, color in zip(alphas, colors, strict=False):
-    points = [r for r in rows if r['alpha'] == alpha]
-    alpha_handles += ax.plot(*xy(points), '-o', color=color, markersize=6, linewidth=1.8, zorder=3,
-                             label=f'α = {alpha:g}')
+  layout = plot_study.series_layout(rows, swept, axis.moved_by)
+  groups = plot_study.group_series(rows, layout.colour)
+  series_handles = []
+  for (values, points), color in zip(groups, plot_study.series_colors(len(groups)), strict=False):
+    series_handles += ax.plot(*xy(points), '-o', color=color, markersize=6, linewidth=1.8, zorder=3,
+                              label=plot_study.series_label(layout.colour, values))
     _error_bars(ax, points, axis, color)
   if any(report.numeric(r, 'top1_ci95') is not None for r in rows):
-    alpha_handles.append(Line2D([], [], color='0.3', marker='|', markersize=12, linestyle='none',
-                                label='95% CI of the mean\nover seeds (n ≥ 2)'))
-  resolution_handles = []
-  resolutions = sorted({int(r['resolution']) for r in rows}, reverse=True)
-  for i, resolution in enumerate(resolutions):
-    x, y = xy([r for r in rows if int(r['resolution']) == resolution])
-    if len(x) > 1:
-      resolution_handles += ax.plot(x, y, color='0.35', linewidth=1.1, linestyle=_RESOLUTION_DASHES[i % 5],
-                                    zorder=2, label=f'{resolution} px')
+    series_handles.append(Line2D([], [], color='0.3', marker='|', markersize=12, linestyle='none',
+                                 label='95% CI of the mean\nover seeds (n ≥ 2)'))
+  line_handles = []
+  for i, (values, points) in enumerate(plot_study.group_series(rows, (layout.lines,) if layout.lines else ())):
+    x, y = xy(points)
+    if layout.lines and len(x) > 1:
+      line_handles += ax.plot(x, y, color='0.35', linewidth=1.1, linestyle=_RESOLUTION_DASHES[i % 5], zorder=2,
+                              label=plot_study.value_label(layout.lines, values[0]))
   frontier = pareto_frontier(rows, axis.field)
   summary_handles = ax.plot(*xy(frontier), drawstyle='steps-post', color='black', linewidth=0.9, alpha=0.75,
                             marker='o', markersize=11, markerfacecolor='none', markeredgewidth=1.2, zorder=4,
@@ -150,11 +149,8 @@ def _tradeoff_figure(rows: list[dict[str, Any]], axis: Axis, dataset: str | None
   reference_handles = []
   if dataset == published.DATASET and axis.field in ('mult_adds', 'params'):  # latency: not on this machine
     reference_handles = _overlay_published(ax, axis)
-  ax.set_xscale('log')
   # Plain numbers at 1-2-5 steps read better than 2×10^1 on axes that span only a decade or two.
-  ax.xaxis.set_major_locator(ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-  ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f'{value:g}'))
-  ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+  plot_study.log_x(ax)
   # Accuracy lives in [0, 100]. A CI of a mean near chance over few seeds reaches past it (t = 12.7 at n = 2): the
   # axis stops at the range and cuts the bar there, instead of showing negative accuracies.
   low, high = ax.get_ylim()
@@ -166,11 +162,11 @@ def _tradeoff_figure(rows: list[dict[str, Any]], axis: Axis, dataset: str | None
   ax.grid(True, which='major', alpha=0.35)
   ax.grid(True, which='minor', alpha=0.12)
   # Sections of one legend, outside the axes so it never hides a point.
-  headings = [_heading('Width multiplier (this sweep)')]
-  handles = headings[-1:] + alpha_handles
-  if resolution_handles:
-    headings.append(_heading('Resolution'))
-    handles += headings[-1:] + resolution_handles
+  headings = [_heading(plot_study.series_heading(layout.colour))]
+  handles = headings[-1:] + series_handles
+  if line_handles:
+    headings.append(_heading(plot_study.field_title(layout.lines)))
+    handles += headings[-1:] + line_handles
   handles += summary_handles
   if reference_handles:
     headings.append(_heading('Published (ImageNet)'))
@@ -250,12 +246,14 @@ def _ablation_figure(rows: list[dict[str, Any]], dataset: str | None) -> Figure 
   return fig
 
 
-def make_figures(rows: list[dict[str, Any]], out_dir: str | os.PathLike, dataset: str | None = None
-                 ) -> list[epath.Path]:
+def make_figures(rows: list[dict[str, Any]], out_dir: str | os.PathLike, dataset: str | None = None, *,
+                 curves: list[dict[str, Any]] | None = None, swept: list[str] | None = None) -> list[epath.Path]:
   """Write every figure the rows support (PNG and SVG) into `out_dir`; returns the paths written.
 
   `dataset` defaults to the rows' dataset when they share one; 'imagenet2012' overlays the published results.
-  Failed or unfinished points, and points lacking the plotted quantity, are left out.
+  Failed or unfinished points, and points lacking the plotted quantity, are left out. `swept`: the swept columns
+  (study.json), which decide the series; None for an α×ρ sweep. `curves`: the learning-curve rows (curves.csv),
+  for `plot_study.CURVES_STEM`; the curves of failed runs are left out, as their point rows leave them out.
   """
   if dataset is None:
     names = {r.get('dataset') for r in rows}
@@ -265,26 +263,34 @@ def make_figures(rows: list[dict[str, Any]], out_dir: str | os.PathLike, dataset
   out_dir = epath.Path(out_dir)
   paths = []
   for axis in AXES:
-    fig = _tradeoff_figure(rows, axis, dataset)
+    fig = _tradeoff_figure(rows, axis, dataset, swept)
     if fig is not None:
       paths += _save(fig, out_dir, axis.stem)
   fig = _ablation_figure(rows, dataset)
   if fig is not None:
     paths += _save(fig, out_dir, 'ablation_top1')
+  failed = {(r['name'], r.get('seed')) for r in rows if r.get('kind') == report.RUN and r.get('status') == 'failed'}
+  fig = plot_study.curves_figure([c for c in curves or () if (c.get('name'), c.get('seed')) not in failed], dataset,
+                                 swept)
+  if fig is not None:
+    paths += _save(fig, out_dir, plot_study.CURVES_STEM)
   return paths
 
 
 def main(argv: list[str] | None = None) -> int:
   parser = argparse.ArgumentParser(prog='python -m mnet_jax.plot', description=__doc__.split('\n')[0])
-  parser.add_argument('--workdir', required=True, help='sweep directory holding results.json; figures go there')
+  parser.add_argument('--workdir', required=True,
+                      help='sweep directory holding results.json (and study.json, curves.csv); figures go there')
   parser.add_argument('--dataset', default=None, help="defaults to the rows' dataset")
   args = parser.parse_args(argv)
   try:
     rows = report.load_results(args.workdir)
+    swept = plot_study.load_study(args.workdir).get('swept')
+    curves = plot_study.load_curves(args.workdir)
   except (OSError, ValueError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
-  paths = make_figures(rows, args.workdir, args.dataset)
+  paths = make_figures(rows, args.workdir, args.dataset, curves=curves, swept=swept)
   if not paths:
     print(f'error: no finished points with a top-1 accuracy in {epath.Path(args.workdir) / report.RESULTS_JSON}',
           file=sys.stderr)

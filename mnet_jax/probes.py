@@ -101,8 +101,9 @@ def measured_tflite(sweep: ml_collections.ConfigDict, run: ml_collections.Config
   if not (want_float or want_int8):
     return measured or None
   model_config, resolution = run.model, run.model.resolution
-  fields = {'alpha': model_config.alpha, 'variant': model_config.variant, 'min_depth': model_config.min_depth,
-            'activation': model_config.activation, 'bn_epsilon': model_config.bn_epsilon,
+  fields = {'alpha': model_config.alpha, 'depth': model_config.get('depth', 1.0), 'variant': model_config.variant,
+            'min_depth': model_config.min_depth, 'activation': model_config.activation,
+            'bn_epsilon': model_config.bn_epsilon,
             'num_classes': input_pipeline.dataset_info(run.data).num_classes}
   start = time.perf_counter()
   try:

@@ -18,6 +18,7 @@ import io
 import json
 import math
 import os
+import re
 import statistics
 from typing import Any
 
@@ -28,16 +29,27 @@ from mnet_jax.fileio import write_atomically
 
 RUN, POINT = 'run', 'point'
 # The column order of both files; extra keys a caller adds are kept after these.
-COLUMNS = ('kind', 'name', 'seed', 'n', 'seeds', 'alpha', 'resolution', 'rho', 'variant', 'dataset', 'mult_adds',
-           'params', 'top1', 'top1_sd', 'top1_ci95', 'top5', 'top5_sd', 'top5_ci95', 'top1_int8', 'top1_int8_sd',
-           'top1_int8_ci95', 'latency_ms', 'latency_ms_spread', 'infer_img_s', 'tflite_1t_latency_ms',
+COLUMNS = ('kind', 'name', 'seed', 'n', 'seeds', 'alpha', 'resolution', 'rho', 'variant', 'depth', 'dataset',
+           'mult_adds', 'params', 'batch_size', 'num_train_steps', 'examples_seen', 'train_examples', 'train_flops',
+           'top1', 'top1_sd', 'top1_ci95', 'top5', 'top5_sd', 'top5_ci95', 'eval_loss', 'eval_loss_sd',
+           'eval_loss_ci95', 'top1_int8', 'top1_int8_sd', 'top1_int8_ci95', 'latency_ms', 'latency_ms_spread',
+           'infer_img_s', 'tflite_1t_latency_ms',
            'tflite_1t_latency_ms_spread', 'tflite_2t_latency_ms', 'tflite_2t_latency_ms_spread',
            'int8_1t_latency_ms', 'int8_1t_latency_ms_spread', 'int8_2t_latency_ms', 'int8_2t_latency_ms_spread',
            'train_img_s', 'wall_s', 'steps', 'status', 'error')
 RESULTS_JSON = 'results.json'
 RESULTS_CSV = 'results.csv'
-# A point's description, identical in all of its runs.
-_POINT_FIELDS = ('alpha', 'resolution', 'rho', 'variant', 'dataset', 'mult_adds', 'params')
+CURVES_CSV = 'curves.csv'
+# The leading columns of curves.csv: a run's swept fields and description follow, then what it had reached.
+CURVE_COLUMNS = ('name', 'seed', 'step')
+CURVE_METRICS = ('top1', 'top5', 'eval_loss')
+# A run's outcome; every other field of a run row describes its point (the swept fields, the model, what a run
+# costs to train), is the same in all of its runs and is copied into the point row.
+PER_RUN_FIELDS = frozenset({'kind', 'name', 'seed', 'top1', 'top5', 'eval_loss', 'top1_int8', 'train_img_s', 'wall_s',
+                            'first_step_s', 'steps_s', 'eval_s', 'steps', 'status', 'error', 'eval_examples',
+                            'seeds_trained_together', 'latency_ms', 'latency_ms_spread', 'infer_img_s'})
+# Aggregated over a point's finished seeds: mean, SD and 95% CI.
+AGGREGATED = ('top1', 'top5', 'eval_loss', 'top1_int8')
 # Measured once per point (not per seed) by the sweep's latency probe (XLA, this machine's first device).
 LATENCY_FIELDS = ('latency_ms', 'latency_ms_spread', 'infer_img_s')
 # Measured once per point by the sweep's LiteRT probe: single-image latency in the TFLite interpreter with
@@ -114,8 +126,8 @@ def _point_row(name: str, runs: list[dict[str, Any]], measured: dict[str, Any] |
 
   row = {'kind': POINT, 'name': name, 'seed': None, 'n': len(done),
          'seeds': ','.join(str(r.get('seed')) for r in done) or None}
-  row.update({k: runs[0].get(k) for k in _POINT_FIELDS})
-  for metric in ('top1', 'top5', 'top1_int8'):
+  row.update({k: v for k, v in runs[0].items() if k not in PER_RUN_FIELDS})
+  for metric in AGGREGATED:
     summary = stats.mean_ci(values(metric, done)) if values(metric, done) else None
     for key, field in ((metric, 'mean'), (f'{metric}_sd', 'sd'), (f'{metric}_ci95', 'half_width')):
       row[key] = getattr(summary, field) if summary else None
@@ -151,10 +163,30 @@ def sort_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
   def key(row):
     return (-float(row.get('alpha') or 0), -int(row.get('resolution') or 0),
-            variant_rank.get(row.get('variant'), len(variant_rank)), str(row['name']),
+            variant_rank.get(row.get('variant'), len(variant_rank)), _natural(str(row['name'])),
             (row.get('kind') or POINT) != POINT, _seed_order(row))
 
   return sorted(unique.values(), key=key)
+
+
+def _natural(name: str) -> tuple:
+  """'a1_r63_steps1200' after 'a1_r63_steps150': the numbers in a name compare as numbers."""
+  return tuple((0, float(part), '') if i % 2 else (1, 0.0, part)
+               for i, part in enumerate(re.split(r'(\d+(?:\.\d+)?)', name)))
+
+
+def grid_name(row: dict[str, Any]) -> str:
+  """The name the α×ρ grid gives the row's model, e.g. 'a0.5_r63' (a point of a study of more axes adds parts)."""
+  prefix = '' if row.get('variant', 'separable') == 'separable' else f'{row["variant"]}_'
+  return f'{prefix}a{float(row["alpha"]):g}_r{int(row["resolution"])}'
+
+
+def point_label(row: dict[str, Any]) -> str:
+  """The paper's model name, then the point's other axes: '0.5 MobileNet-63 steps300'."""
+  label = model_name(row['alpha'], row['resolution'], row.get('variant', 'separable'))
+  grid = grid_name(row)
+  name = str(row['name'])
+  return f'{label} {name[len(grid) + 1:]}' if name.startswith(f'{grid}_') else label
 
 
 def _plain(value: Any) -> Any:
@@ -184,6 +216,24 @@ def write_results(workdir: str | os.PathLike, rows: list[dict[str, Any]]) -> lis
   write_atomically(workdir / RESULTS_JSON, json_text.encode())
   write_atomically(workdir / RESULTS_CSV, buffer.getvalue().encode())
   return [workdir / RESULTS_JSON, workdir / RESULTS_CSV]
+
+
+def write_curves(workdir: str | os.PathLike, curves: list[dict[str, Any]]) -> epath.Path | None:
+  """Write curves.csv (one row per run and evaluation, by point and seed, then step); None without curves."""
+  if not curves:
+    return None
+  rows = sorted(({k: _plain(v) for k, v in row.items()} for row in curves),
+                key=lambda r: (_natural(str(r['name'])), _seed_order(r), r['step']))
+  described = list(dict.fromkeys(k for row in rows for k in row if k not in CURVE_COLUMNS + CURVE_METRICS))
+  columns = [*CURVE_COLUMNS, *described, *CURVE_METRICS]
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator='\n')
+  writer.writeheader()
+  for row in rows:
+    writer.writerow({c: '' if row.get(c) is None else row[c] for c in columns})
+  path = epath.Path(workdir) / CURVES_CSV
+  write_atomically(path, buffer.getvalue().encode())
+  return path
 
 
 def load_results(workdir: str | os.PathLike) -> list[dict[str, Any]]:
@@ -245,6 +295,14 @@ def mean_with_ci(row: dict[str, Any], metric: str = 'top1') -> str:
   return f'{100 * mean:.1f}' + ('' if half is None else f' ± {100 * half:.1f}')
 
 
+def loss_with_ci(row: dict[str, Any]) -> str:
+  """'0.412 ± 0.031' (mean eval cross-entropy, 95% CI half-width), '-' without a value."""
+  mean, half = numeric(row, 'eval_loss'), numeric(row, 'eval_loss_ci95')
+  if mean is None:
+    return '-'
+  return f'{mean:.3f}' + ('' if half is None else f' ± {half:.3f}')
+
+
 def format_fit(fit: stats.LogLinearFit | None, unit: str = 'Mult-Adds') -> str:
   """One line: the fitted slope per tenfold `unit` with its 95% CI, R² and the number of points."""
   if fit is None:
@@ -263,8 +321,13 @@ def format_table(rows: list[dict[str, Any]]) -> str:
   # The LiteRT columns only where the probe ran: 1 / 2 interpreter threads, float32 and int8.
   tflite = any(numeric(r, 'tflite_1t_latency_ms') is not None for r in points)
   int8 = any(numeric(r, 'top1_int8') is not None or numeric(r, 'int8_1t_latency_ms') is not None for r in points)
-  header = (f'{"Model":<26} {"Top-1 (%)":>12} {"n":>2} {"Top-5 (%)":>12} {"Million Mult-Adds":>18} '
-            f'{"Million Parameters":>19} {"Latency (ms)":>13} '
+  # Eval loss and training compute where the runs recorded them (studies written before lack them).
+  loss = any(numeric(r, 'eval_loss') is not None for r in points)
+  flops = any(numeric(r, 'train_flops') is not None for r in points)
+  width = max([26, *(len(point_label(r)) for r in points)])
+  header = (f'{"Model":<{width}} {"Top-1 (%)":>12} {"n":>2} {"Top-5 (%)":>12} '
+            + (f'{"Eval loss":>15} ' if loss else '') + f'{"Million Mult-Adds":>18} '
+            f'{"Million Parameters":>19} ' + (f'{"Train FLOPs":>11} ' if flops else '') + f'{"Latency (ms)":>13} '
             + (f'{"LiteRT 1/2 thr (ms)":>20} ' if tflite else '')
             + (f'{"int8 Top-1 (%)":>14} {"int8 1/2 thr (ms)":>18} ' if int8 else '') + 'Status')
   title = f'Results on {", ".join(datasets)}' if datasets else 'Results'
@@ -276,9 +339,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
   for r in points:
     latency = '-' if numeric(r, 'latency_ms') is None else f'{r["latency_ms"]:.2f}'
-    lines.append(f'{model_name(r["alpha"], r["resolution"], r.get("variant", "separable")):<26} '
+    train_flops = '-' if numeric(r, 'train_flops') is None else f'{r["train_flops"]:.3g}'
+    lines.append(f'{point_label(r):<{width}} '
                  f'{mean_with_ci(r, "top1"):>12} {r.get("n", "-")!s:>2} {mean_with_ci(r, "top5"):>12} '
-                 f'{millions(r.get("mult_adds")):>18} {millions(r.get("params")):>19} {latency:>13} '
+                 + (f'{loss_with_ci(r):>15} ' if loss else '')
+                 + f'{millions(r.get("mult_adds")):>18} {millions(r.get("params")):>19} '
+                 + (f'{train_flops:>11} ' if flops else '') + f'{latency:>13} '
                  + (f'{threads(r, "tflite"):>20} ' if tflite else '')
                  + (f'{mean_with_ci(r, "top1_int8"):>14} {threads(r, "int8"):>18} ' if int8 else '')
                  + f'{r.get("status", "?")}')

@@ -3,7 +3,7 @@
 XLA:CPU splits each op of a step over every core, and at the offline study's sizes that pays badly: the 0.25-36
 point trains as fast on one core as on two, the 1-63 point 1.4x faster on two (BENCHMARKS.md). So with
 `--config.sweep.workers=2` on a 2-core machine two points train at once, one per core. A worker runs
-`sweep.run_point` for its point, as the single-process sweep does, into the same run dirs and rows; the
+`point_runs.run_point` for its point, as the single-process sweep does, into the same run dirs and rows; the
 parent prints its lines prefixed with the point's name, starts the next point when one ends, and measures the
 probes (latency, LiteRT) afterwards, one at a time, on the whole machine.
 
@@ -109,12 +109,13 @@ def worker(workdir: str, point_name: str, seeds: str, cpus: str) -> int:
   logging.set_verbosity(logging.FATAL)  # as in main: a failure is the run's row, not the libraries' logs
   config = ml_collections.ConfigDict(json.loads(sys.stdin.read()))
   with cli.collector_paused_then_frozen():  # after the affinity: they import JAX
-    from mnet_jax import preemption, sweep
+    from mnet_jax import point_runs, preemption, study
   from mnet_jax.fileio import run_path
 
   runtime.use_compilation_cache(config.get('compilation_cache_dir'), workdir)
+  point = next(p for p in study.expand(config).points if p.name == point_name)
   try:
-    sweep.run_point(config, sweep.parse_point(point_name), [int(s) for s in seeds.split(',')], run_path(workdir))
+    point_runs.run_point(config, point, [int(s) for s in seeds.split(',')], run_path(workdir))
   except preemption.Interrupted:
     return 130
   except preemption.Preempted:

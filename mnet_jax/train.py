@@ -27,7 +27,19 @@ from etils import epath
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mnet_jax import architecture, checkpointing, config_checks, cost, folding, input_pipeline, optim, warm_start
+from mnet_jax import (
+  architecture,
+  checkpointing,
+  compute,
+  config_checks,
+  cost,
+  curves,
+  evaluation,
+  input_pipeline,
+  optim,
+  warm_start,
+)
+from mnet_jax.evaluation import eval_step, folded_weights, global_batch, model_input
 from mnet_jax.fileio import atomic_write_json, is_remote, read_json, run_path
 from mnet_jax.metric_writer import MetricWriter
 from mnet_jax.models import MobileNetV1
@@ -69,7 +81,8 @@ def create_model(model_config: ml_collections.ConfigDict, num_classes: int) -> M
       variant=model_config.variant, activation=model_config.activation,
       dropout_rate=model_config.dropout_rate, bn_momentum=model_config.bn_momentum,
       bn_epsilon=model_config.bn_epsilon, dtype=jnp.dtype(model_config.dtype),
-      depthwise_impl=model_config.depthwise_impl, kernel_init=model_config.get('kernel_init', 'he_normal'))
+      depthwise_impl=model_config.depthwise_impl, kernel_init=model_config.get('kernel_init', 'he_normal'),
+      depth=model_config.get('depth', 1.0))
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
@@ -112,11 +125,6 @@ def ema_decay_at(step: jax.Array, decay: float) -> jax.Array:
   return jnp.minimum(decay, (1.0 + t) / (10.0 + t))
 
 
-def model_input(images: jax.Array) -> jax.Array:
-  """The batch's images in [-1, 1]: uint8 batches (read through a data source) are scaled here, on the device."""
-  return input_pipeline.normalize(images.astype(jnp.float32)) if images.dtype == jnp.uint8 else images
-
-
 def train_step(state: TrainState, batch: dict[str, jax.Array], seed: int | jax.Array, *, model: MobileNetV1,
                tx: optax.GradientTransformation, schedule: optax.Schedule,
                label_smoothing: float, ema_decay: float) -> tuple[TrainState, dict[str, jax.Array]]:
@@ -154,52 +162,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], seed: int | jax.A
   return jax.tree.map(lambda new, old: new.astype(old.dtype), new_state, state), metrics
 
 
-def folded_weights(params: Any, batch_stats: Any, *, model: MobileNetV1) -> Any:
-  """The inference weights: every BatchNorm folded into its convolution (`folding.py`), once per evaluation."""
-  return folding.fold({'params': params, 'batch_stats': batch_stats}, model.bn_epsilon)
-
-
-def eval_step(folded: Any, batch: dict[str, jax.Array], *, model: MobileNetV1) -> dict[str, jax.Array]:
-  """Masked sums of top-1/top-5 hits over one (padded) eval batch (top-k of all classes when fewer than 5).
-
-  The network runs with its BatchNorms folded into the convolutions: the logits of `model.apply(...,
-  train=False)` up to round-off, without a pass per BatchNorm (13-17% faster at the study's sizes)."""
-  logits = folding.FoldedMobileNetV1.of(model).apply({'params': folded}, model_input(batch['image']))
-  top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-  hits = top5 == batch['label'][:, None]
-  mask = batch['mask']
-  return {'top1': jnp.sum(hits[:, 0] * mask), 'top5': jnp.sum(jnp.any(hits, -1) * mask),
-          'count': jnp.sum(mask)}
-
-
-def global_batch(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-  """This process's slice of the batch -> one array sharded over all devices of all hosts."""
-  return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
-
-
-def evaluate(config: ml_collections.ConfigDict, state: TrainState, runs: _Runs,
-             num_classes: int) -> list[dict[str, Any]]:
-  """Top-1/top-5 on the eval split, one dict per seed (`state` stacked on a seed axis when several); top-5 is
-  None with fewer than 5 classes, where it would say nothing."""
-  ema = bool(config.optim.ema_decay)
-  params, batch_stats = (state.ema_params, state.ema_batch_stats) if ema else (state.params, state.batch_stats)
-  folded, num_seeds = runs.fold_fn(params, batch_stats), runs.count
-  totals = {k: np.zeros(num_seeds) for k in ('top1', 'top5', 'count')}
-  for batch in input_pipeline.eval_batches(config.data, global_batch_size=config.batch_size,
-                                           resolution=config.model.resolution):
-    sums = jax.device_get(runs.eval_fn(folded, global_batch(batch, runs.eval_sharding)))
-    for k in totals:
-      totals[k] += np.asarray(sums[k], np.float64).reshape(num_seeds)
-  count = np.maximum(totals['count'], 1.0)
-  return [{'top1': float(totals['top1'][i] / count[i]),
-           'top5': float(totals['top5'][i] / count[i]) if num_classes >= 5 else None,
-           'eval_examples': int(totals['count'][i])} for i in range(num_seeds)]
-
-
 def comparable_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config as saved in the run dir, without fields that may change on resume."""
   saved = config.to_dict()
-  for key in ('allow_config_change', 'log_every_steps', 'compilation_cache_dir'):
+  for key in ('allow_config_change', 'log_every_steps', 'compilation_cache_dir', 'eval_at'):
     saved.pop(key, None)
   return saved
 
@@ -223,6 +189,8 @@ def _upgraded(saved: dict[str, Any]) -> dict[str, Any]:
   """A config saved by an earlier version, with the fields added since at their defaults and the retired ones
   dropped, so that the run resumes under this version."""
   saved.setdefault('init_from', '')
+  saved.get('model', {}).setdefault('depth', 1.0)
+  saved.get('data', {}).setdefault('train_examples', -1)
   saved.get('data', {}).pop('shuffle_buffer', None)  # never read: epochs are exact permutations
   return saved
 
@@ -466,8 +434,12 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
   del states
 
   writers = [MetricWriter(str(w), jax.process_index() == 0, start_step) for w in workdirs]
+  learning_curves = [curves.Curve(w, jax.process_index() == 0) for w in workdirs]
+  for curve in learning_curves:  # steps past the restored one are trained, and evaluated, again
+    curve.forget_after(start_step)
+  eval_steps = set(curves.eval_steps(config.get('eval_at', ''), config.eval_every_steps, total_steps))
   model_cost = cost.model_cost(config.model.alpha, resolution, config.model.variant, info.num_classes,
-                               config.model.min_depth)
+                               config.model.min_depth, depth=config.model.get('depth', 1.0))
   seeds = f', seeds {",".join(map(str, runs.seeds))} together' if runs.together else ''
   log(f'[train] MobileNet {config.model.alpha:g}-{resolution} ({config.model.variant}): '
       f'{model_cost.mult_adds / 1e6:.1f} M Mult-Adds, {model_cost.params / 1e6:.2f} M params; '
@@ -510,11 +482,12 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
           for index, writer in enumerate(writers):
             values = runs.value_of({k: v for k, v in metrics.items() if k != 'finite'}, index)
             writer.write(step, values | {'img_s': img_s / runs.count})
-        if config.eval_every_steps and step % config.eval_every_steps == 0 and step < total_steps:
-          eval_metrics = evaluate(config, state, runs, info.num_classes)
-          log(f'[eval] step {step}: {_accuracies(eval_metrics)} on {eval_metrics[0]["eval_examples"]} examples')
-          for writer, m in zip(writers, eval_metrics, strict=True):
-            writer.write(step, _eval_scalars(m))
+        if step in eval_steps and step < total_steps:  # before the checkpoint of this step: see `curves`
+          _check_finite(unchecked, runs.seeds)
+          eval_metrics = evaluation.evaluate(config, state, runs, info.num_classes)
+          log(f'[eval] step {step}: {evaluation.summary(eval_metrics)} on {eval_metrics[0]["eval_examples"]} '
+              'examples')
+          _record(step, eval_metrics, writers, learning_curves)
           timer.pause()  # eval time is not training time
         if at_checkpoint:
           save(step)
@@ -533,24 +506,27 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
 
   eval_start = time.time()
   try:
-    eval_metrics = evaluate(config, state, runs, info.num_classes)
+    eval_metrics = evaluation.evaluate(config, state, runs, info.num_classes)
   except BaseException:
     checkpointing.finish_saves(managers, wait=jax.process_count() == 1)
     raise
   for manager in managers:  # the final checkpoint was written while evaluating (~1 s per point saved)
     manager.wait_until_finished()
   eval_s = time.time() - eval_start
-  log(f'[eval] final: {_accuracies(eval_metrics)} on {eval_metrics[0]["eval_examples"]} examples')
+  log(f'[eval] final: {evaluation.summary(eval_metrics)} on {eval_metrics[0]["eval_examples"]} examples')
+  _record(step, eval_metrics, writers, learning_curves)
   wall_s = time.time() - t_start
+  examples_seen = compute.examples_seen(total_steps, config.batch_size)
   all_results = []
   for run_config, workdir, writer, m in zip(configs, workdirs, writers, eval_metrics, strict=True):
-    writer.write(step, _eval_scalars(m))
     writer.close()
     results = {
         'alpha': config.model.alpha, 'resolution': resolution, 'rho': resolution / 224,
-        'variant': config.model.variant, 'dataset': config.data.name, 'seed': run_config.seed,
-        'mult_adds': model_cost.mult_adds, 'params': model_cost.params,
-        'top1': m['top1'], 'top5': m['top5'], 'eval_examples': m['eval_examples'],
+        'variant': config.model.variant, 'depth': config.model.get('depth', 1.0), 'dataset': config.data.name,
+        'seed': run_config.seed, 'mult_adds': model_cost.mult_adds, 'params': model_cost.params,
+        'batch_size': config.batch_size, 'num_train_steps': total_steps, 'examples_seen': examples_seen,
+        'train_examples': info.num_train, 'train_flops': compute.train_flops(model_cost.mult_adds, examples_seen),
+        'top1': m['top1'], 'top5': m['top5'], 'eval_loss': m['eval_loss'], 'eval_examples': m['eval_examples'],
         'steps': total_steps, 'train_img_s': timer.img_s() / runs.count or None, 'seeds_trained_together': runs.count,
         'wall_s': wall_s, 'first_step_s': first_step_s, 'steps_s': timer.seconds, 'eval_s': eval_s,
         'status': 'done', 'error': None, 'config': run_config.to_dict(),
@@ -561,17 +537,12 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
   return all_results
 
 
-def _accuracies(eval_metrics: list[dict[str, Any]]) -> str:
-  """'top-1 0.6842/0.6512 top-5 0.9996/0.9964' (top-5 left out with fewer than 5 classes)."""
-  text = f'top-1 {_values([m["top1"] for m in eval_metrics], ".4f")}'
-  if eval_metrics[0]['top5'] is None:
-    return text
-  return f'{text} top-5 {_values([m["top5"] for m in eval_metrics], ".4f")}'
-
-
-def _eval_scalars(metrics: dict[str, Any]) -> dict[str, float]:
-  scalars = {f'eval_{k}': metrics[k] for k in ('top1', 'top5') if metrics[k] is not None}
-  return scalars | {'eval_examples': metrics['eval_examples']}
+def _record(step: int, eval_metrics: list[dict[str, Any]], writers: list[MetricWriter],
+            learning_curves: list[curves.Curve]) -> None:
+  """One evaluation per seed into its TensorBoard scalars and its learning curve."""
+  for writer, curve, metrics in zip(writers, learning_curves, eval_metrics, strict=True):
+    writer.write(step, evaluation.scalars(metrics))
+    curve.record(step, metrics)
 
 
 def _values(values: Any, spec: str, first_only: bool = False) -> str:

@@ -83,7 +83,7 @@ def fit(weights: Weights, abstract_variables: dict[str, Any], replace_classifier
   for key, spec in want.items():
     if key not in have:
       raise InitFromError(f'init_from {weights.path}: no {"/".join(key)} {tuple(spec.shape)} '
-                          f'(a MobileNet of another width or variant?)')
+                          f'(a MobileNet of another width, variant or depth?)')
     if np.shape(have[key]) != spec.shape:
       raise InitFromError(f'init_from {weights.path}: {"/".join(key)} is {np.shape(have[key])}, the model '
                           f'needs {tuple(spec.shape)}' + _hint(key))
@@ -98,7 +98,7 @@ def fit(weights: Weights, abstract_variables: dict[str, Any], replace_classifier
 def _hint(key: tuple[str, ...]) -> str:
   if key[1] == CLASSIFIER:
     return ' (another class count: convert without the background class, or fine-tune with num_train_steps > 0)'
-  return ' (a MobileNet of another width: set model.alpha to the one it was trained at)'
+  return ' (a MobileNet of another width or depth: set model.alpha and model.depth to the ones it was trained at)'
 
 
 def _flat(tree: dict[str, Any]) -> dict[tuple[str, ...], Any]:

@@ -46,18 +46,27 @@ atexit.register(lambda: print(f'process_allgather calls: {len(_calls)}', flush=T
 
 def held(where: str, marker) -> str:
   """Once the run reaches `where`, touches `marker` and sleeps until killed: a deterministic window for SIGKILL.
-  `where` is 'eval' (the first evaluation starts) or 'before:PATH' / 'after:PATH' with PATH a checkpoint's final
+  `where` is 'eval' (the first evaluation starts), 'curve:STEP' (the first seed's evaluation at STEP is written to
+  its learning curve) or 'before:PATH' / 'after:PATH' with PATH a checkpoint's final
   directory: before or after Orbax's commit renames the fully written temporary directory into place."""
   return f'''
 import pathlib, time
 from orbax.checkpoint._src.path import atomicity
-from mnet_jax import train
+from mnet_jax import evaluation
 _where, _marker = {where!r}, pathlib.Path({str(marker)!r})
 def _hold():
   _marker.touch()
   time.sleep(3600)
 if _where == 'eval':
-  train.evaluate = lambda *args, **kwargs: _hold()
+  evaluation.evaluate = lambda *args, **kwargs: _hold()
+elif _where.startswith('curve:'):
+  from mnet_jax import curves
+  _record = curves.Curve.record
+  def _record_then_hold(self, step, metrics):
+    _record(self, step, metrics)
+    if step == int(_where.split(':')[1]):
+      _hold()
+  curves.Curve.record = _record_then_hold
 else:
   _when, _path = _where.split(':', 1)
   _finalize = atomicity.AtomicRenameTemporaryPath.finalize

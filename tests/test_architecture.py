@@ -188,3 +188,114 @@ def test_network_position_orders_input_to_output_where_names_do_not():
       'stem', 'block3_conv', 'block11_conv', 'classifier']
   with pytest.raises(ValueError, match='not a layer'):
     architecture.network_position('Dense_0')
+
+
+# --- The depth multiplier ------------------------------------------------------------------------
+
+# Today's layer names, written out: the stem, then blocks numbered from 1 in order (13 separable blocks in Table 1,
+# 8 in the shallow network), then the classifier. Checkpoints and converted weights are keyed by these names.
+SEPARABLE_NAMES = ['stem', *[f'block{i}_{part}' for i in range(1, 14) for part in ('depthwise', 'pointwise')],
+                   'classifier']
+CONV_NAMES = ['stem', *[f'block{i}_conv' for i in range(1, 14)], 'classifier']
+SHALLOW_NAMES = ['stem', *[f'block{i}_{part}' for i in range(1, 9) for part in ('depthwise', 'pointwise')],
+                 'classifier']
+
+
+@pytest.mark.parametrize('depth', [1.0, 1, np.float64(1.0)])
+def test_depth_1_is_table_1_names_included(depth):
+  separable = architecture.layers(1.0, 224, depth=depth)
+  assert [layer.name for layer in separable] == SEPARABLE_NAMES
+  assert [as_table_1_row(layer) for layer in separable] == TABLE_1
+  shallow = architecture.layers(1.0, 224, 'shallow', depth=depth)
+  assert [layer.name for layer in shallow] == SHALLOW_NAMES
+  assert [as_table_1_row(layer) for layer in shallow] == TABLE_1[:13] + TABLE_1[23:]
+  conv = architecture.layers(1.0, 224, 'conv', depth=depth)
+  assert [layer.name for layer in conv] == CONV_NAMES
+  # Each full convolution takes a separable block's input (Table 1's first row and every "Conv dw" row).
+  block_inputs = [row[2] for row in TABLE_1 if row[0].startswith(('Conv dw', 'Conv / s2'))]
+  assert [(layer.in_size, layer.in_size, layer.in_channels) for layer in conv[:-1]] == block_inputs
+  assert [layer.out_channels for layer in conv[:-1]] == [32, 64, 128, 128, 256, 256, *[512] * 6, 1024, 1024]
+
+
+def blocks(layers: list[architecture.Layer]) -> list[tuple[int, int]]:
+  """(stride, output channels) of each block: a full convolution, or a depthwise layer and its pointwise one."""
+  result = []
+  for layer in layers:
+    if layer.kind in ('conv3x3', 'depthwise'):
+      result.append((layer.stride, layer.out_channels))
+    elif layer.kind == 'pointwise':
+      result[-1] = (result[-1][0], layer.out_channels)
+  return result
+
+
+# Stages of Table 1, by output width: the stem (32, never repeated), 64 x1, 128 x2, 256 x2, 512 x6, 1024 x2; the
+# shallow network's 512 stage is its one stride-2 block. Depth d: ceil(d x repeats) blocks per stage, the first
+# with the stage's stride, the rest stride 1. Written out per depth:
+DEPTH_BLOCKS = {
+    ('separable', 2.0): [(2, 32), (1, 64), (1, 64), (2, 128), *[(1, 128)] * 3, (2, 256), *[(1, 256)] * 3,
+                         (2, 512), *[(1, 512)] * 11, (2, 1024), *[(1, 1024)] * 3],
+    # ceil(0.5) = ceil(1) = 1 block; the 512 stage ceil(3) = 3.
+    ('separable', 0.5): [(2, 32), (1, 64), (2, 128), (2, 256), (2, 512), (1, 512), (1, 512), (2, 1024)],
+    # ceil(1.4) = 2, ceil(2.8) = 3, ceil(8.4) = 9: always rounded up.
+    ('separable', 1.4): [(2, 32), (1, 64), (1, 64), (2, 128), (1, 128), (1, 128), (2, 256), (1, 256), (1, 256),
+                         (2, 512), *[(1, 512)] * 8, (2, 1024), (1, 1024), (1, 1024)],
+    # However small the depth, every stage keeps its first block, so widths and strides stay Table 1's.
+    ('separable', 0.01): [(2, 32), (1, 64), (2, 128), (2, 256), (2, 512), (2, 1024)],
+    ('shallow', 2.0): [(2, 32), (1, 64), (1, 64), (2, 128), *[(1, 128)] * 3, (2, 256), *[(1, 256)] * 3,
+                       (2, 512), (1, 512), (2, 1024), *[(1, 1024)] * 3],
+    ('shallow', 0.5): [(2, 32), (1, 64), (2, 128), (2, 256), (2, 512), (2, 1024)],
+}
+
+
+@pytest.mark.parametrize('variant, depth', DEPTH_BLOCKS)
+def test_depth_repeats_each_stage(variant, depth):
+  layers = architecture.layers(1.0, 224, variant, depth=depth)
+  assert blocks(layers) == DEPTH_BLOCKS[variant, depth]
+  # Blocks are numbered in order, whatever the depth.
+  separable_names = ['stem', *[f'block{i}_{part}' for i in range(1, len(DEPTH_BLOCKS[variant, depth]))
+                               for part in ('depthwise', 'pointwise')], 'classifier']
+  assert [layer.name for layer in layers] == separable_names
+  # Each layer takes the one before's output.
+  for before, layer in zip(layers, layers[1:], strict=False):
+    assert (layer.in_channels, layer.in_size) == (before.out_channels, before.out_size if layer.kind != 'fc' else 1)
+
+
+@pytest.mark.parametrize('depth', [2.0, 0.5])
+def test_conv_variant_scales_like_the_separable_one(depth):
+  conv = architecture.layers(1.0, 224, 'conv', depth=depth)
+  assert [layer.kind for layer in conv] == ['conv3x3'] * (len(conv) - 1) + ['fc']
+  assert blocks(conv) == DEPTH_BLOCKS['separable', depth]
+  assert [layer.name for layer in conv] == ['stem', *[f'block{i}_conv' for i in range(1, len(conv) - 1)],
+                                            'classifier']
+
+
+def test_largest_depth():
+  # 8 x (1 + 2 + 2 + 6 + 2) blocks after the stem.
+  assert len(blocks(architecture.layers(0.25, 32, depth=8))) == 1 + 8 * 13
+
+
+@pytest.mark.parametrize('depth', [0, -1.0, float('nan'), float('inf'), 8.5, 100, '2', None, True])
+def test_bad_depth(depth):
+  from mnet_jax import config_checks
+  from mnet_jax.models import MobileNetV1
+
+  with pytest.raises(ValueError, match='depth'):
+    architecture.layers(1.0, 224, depth=depth)
+  with pytest.raises(ValueError, match='depth'):
+    cost.model_cost(depth=depth)
+  with pytest.raises(ValueError, match='depth'):
+    MobileNetV1(depth=depth).check()
+  with pytest.raises(ValueError, match='depth'):
+    config_checks.check({'model': {'alpha': 1.0, 'depth': depth}})
+
+
+def test_network_position_at_any_depth():
+  # The deepest network accepted (depth 8) ends with block104; its names sort from input to output like depth 1's.
+  written = ['classifier', 'block104_pointwise', 'block30_depthwise_bn', 'stem', 'block30_pointwise',
+             'block4_depthwise']
+  assert sorted(written, key=architecture.network_position) == [
+      'stem', 'block4_depthwise', 'block30_depthwise_bn', 'block30_pointwise', 'block104_pointwise', 'classifier']
+  assert sorted(['classifier', 'block104_conv', 'block26_conv', 'stem'], key=architecture.network_position) == [
+      'stem', 'block26_conv', 'block104_conv', 'classifier']
+  with pytest.raises(ValueError, match='not a layer'):
+    architecture.network_position('block105_depthwise')

@@ -166,6 +166,132 @@ def test_table_5_shallow_mobilenet():
   assert round(millions(model.params), 1) == 2.9
 
 
+# --- The depth multiplier -------------------------------------------------------------------
+
+@pytest.mark.parametrize('variant, million_mult_adds, million_params', [
+    ('separable', 568.74, 4.21),  # Table 6 to the digits DESIGN.md gives: 568,740,352 and 4,210,088
+    ('conv', 4867.29, 29.3),  # Table 4 (printed 4866 M: see test_table_4_conv_mobilenet)
+    ('shallow', 307, 2.9),  # Table 5
+])
+def test_depth_1_is_the_papers_model(variant, million_mult_adds, million_params):
+  model = cost.model_cost(1.0, 224, variant, depth=1.0)
+  assert round(millions(model.mult_adds), 0 if variant == 'shallow' else 2) == million_mult_adds
+  assert round(millions(model.params), 2 if variant == 'separable' else 1) == million_params
+  assert model.depth == 1.0
+
+
+# Networks written out block by block, (kind, input channels, output channels, output size), from Table 1's
+# stages: the stem (3x3 conv to 32, never repeated), then 64 x1, 128 x2, 256 x2, 512 x6, 1024 x2 blocks; depth d
+# makes each stage ceil(d x repeats) blocks, the first taking the stage's stride and input width. Sizes at 224 px:
+# 112, 112, 56, 28, 14, 7; at 160 px: 80, 80, 40, 20, 10, 5. Widths at alpha 0.5: 16, 32, 64, 128, 256, 512.
+DEPTH_NETWORKS = {
+    # 1.0-224, depth 2: 2, 4, 4, 12 and 4 blocks.
+    ('separable', 1.0, 224, 2.0): [
+        ('conv', 3, 32, 112),
+        ('separable', 32, 64, 112), ('separable', 64, 64, 112),
+        ('separable', 64, 128, 56), *[('separable', 128, 128, 56)] * 3,
+        ('separable', 128, 256, 28), *[('separable', 256, 256, 28)] * 3,
+        ('separable', 256, 512, 14), *[('separable', 512, 512, 14)] * 11,
+        ('separable', 512, 1024, 7), *[('separable', 1024, 1024, 7)] * 3,
+        ('fc', 1024, 1000, 1)],
+    # 1.0-224, depth 0.5: ceil(0.5 x 1) = ceil(0.5 x 2) = 1 block per stage, the 512 stage ceil(0.5 x 6) = 3.
+    ('separable', 1.0, 224, 0.5): [
+        ('conv', 3, 32, 112),
+        ('separable', 32, 64, 112),
+        ('separable', 64, 128, 56),
+        ('separable', 128, 256, 28),
+        ('separable', 256, 512, 14), ('separable', 512, 512, 14), ('separable', 512, 512, 14),
+        ('separable', 512, 1024, 7),
+        ('fc', 1024, 1000, 1)],
+    ('separable', 0.5, 160, 2.0): [
+        ('conv', 3, 16, 80),
+        ('separable', 16, 32, 80), ('separable', 32, 32, 80),
+        ('separable', 32, 64, 40), *[('separable', 64, 64, 40)] * 3,
+        ('separable', 64, 128, 20), *[('separable', 128, 128, 20)] * 3,
+        ('separable', 128, 256, 10), *[('separable', 256, 256, 10)] * 11,
+        ('separable', 256, 512, 5), *[('separable', 512, 512, 5)] * 3,
+        ('fc', 512, 1000, 1)],
+    ('separable', 0.5, 160, 0.5): [
+        ('conv', 3, 16, 80),
+        ('separable', 16, 32, 80),
+        ('separable', 32, 64, 40),
+        ('separable', 64, 128, 20),
+        ('separable', 128, 256, 10), ('separable', 256, 256, 10), ('separable', 256, 256, 10),
+        ('separable', 256, 512, 5),
+        ('fc', 512, 1000, 1)],
+    # Conv MobileNet: the same blocks, each one full 3x3 convolution.
+    ('conv', 1.0, 224, 0.5): [
+        ('conv', 3, 32, 112),
+        ('conv', 32, 64, 112),
+        ('conv', 64, 128, 56),
+        ('conv', 128, 256, 28),
+        ('conv', 256, 512, 14), ('conv', 512, 512, 14), ('conv', 512, 512, 14),
+        ('conv', 512, 1024, 7),
+        ('fc', 1024, 1000, 1)],
+    # Shallow MobileNet's 512 stage is its one stride-2 block: ceil(2 x 1) = 2 blocks at depth 2.
+    ('shallow', 1.0, 224, 2.0): [
+        ('conv', 3, 32, 112),
+        ('separable', 32, 64, 112), ('separable', 64, 64, 112),
+        ('separable', 64, 128, 56), *[('separable', 128, 128, 56)] * 3,
+        ('separable', 128, 256, 28), *[('separable', 256, 256, 28)] * 3,
+        ('separable', 256, 512, 14), ('separable', 512, 512, 14),
+        ('separable', 512, 1024, 7), *[('separable', 1024, 1024, 7)] * 3,
+        ('fc', 1024, 1000, 1)],
+}
+
+
+def count_by_hand(network: list[tuple[str, int, int, int]]) -> tuple[int, int]:
+  """(Mult-Adds, params) by the paper's formulas: a 3x3 convolution costs D_K^2 M N D_F^2 (eq. 2), a separable
+  block D_K^2 M D_F^2 + M N D_F^2 (eq. 5); the classifier is M N and has N biases."""
+  mult_adds = params = 0
+  for kind, m, n, size in network:
+    weights = {'conv': 3 * 3 * m * n, 'separable': 3 * 3 * m + m * n, 'fc': m * n}[kind]
+    mult_adds += weights * size * size
+    params += weights + (n if kind == 'fc' else 0)
+  return mult_adds, params
+
+
+@pytest.mark.parametrize('variant, alpha, resolution, depth', DEPTH_NETWORKS)
+def test_depth_costs_against_a_count_by_hand(variant, alpha, resolution, depth):
+  model = cost.model_cost(alpha, resolution, variant, depth=depth)
+  assert (model.mult_adds, model.params) == count_by_hand(DEPTH_NETWORKS[variant, alpha, resolution, depth])
+  assert model.depth == depth
+
+
+def test_depth_costs_of_1_0_224():
+  # The hand counts above, in the paper's units: depth 2 about doubles the cost, depth 0.5 keeps 44% of it.
+  assert count_by_hand(DEPTH_NETWORKS['separable', 1.0, 224, 2.0]) == (1_261_068_800, 8_101_608)
+  assert count_by_hand(DEPTH_NETWORKS['separable', 1.0, 224, 0.5]) == (251_878_912, 2_266_664)
+
+
+def test_deeper_model_has_the_params_the_cost_model_counts():
+  """A depth-2 MobileNetV1 built and run (tiny: alpha 0.25 at 32 px): its kernels, plus the classifier's bias,
+  are the parameters cost.py counts, in the layers architecture.py names; the folded model has the same layers."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from mnet_jax import folding
+  from mnet_jax.models import MobileNetV1
+
+  model = MobileNetV1(alpha=0.25, depth=2.0, num_classes=10)
+  images = jnp.zeros((1, 32, 32, 3), jnp.float32)
+  variables = jax.eval_shape(model.init, jax.random.key(0), images)  # shapes only: random init is slow on CPU
+  params = variables['params']
+  counted = sum(np.prod(leaf.shape) for layer in params.values() for name, leaf in layer.items() if name == 'kernel')
+  counted += np.prod(params['classifier']['bias'].shape)
+  assert counted == cost.model_cost(0.25, 32, num_classes=10, depth=2.0).params
+  names = [layer.name for layer in architecture.layers(0.25, 32, num_classes=10, depth=2.0)]
+  assert len(names) == 1 + 2 * 26 + 1 and names[-2] == 'block26_pointwise'
+  assert sorted(name for name in params if not name.endswith('_bn')) == sorted(names)
+  constant = jax.tree.map(lambda leaf: np.full(leaf.shape, 0.01, leaf.dtype), variables)
+  logits = jax.jit(model.apply)(constant, images + 1)
+  assert logits.shape == (1, 10) and bool(jnp.all(jnp.isfinite(logits)))
+  folded = folding.FoldedMobileNetV1.of(model)
+  assert folded.depth == 2.0
+  assert sorted(jax.eval_shape(folded.init, jax.random.key(0), images)['params']) == sorted(names)
+
+
 # --- Bad input -------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('kwargs, match', [
@@ -263,6 +389,35 @@ def test_cli_grid_json_is_a_list(capsys):
   rows = json.loads(capsys.readouterr().out)
   assert [(row['alpha'], row['resolution']) for row in rows] == [(1.0, 224), (0.5, 224)]
   assert round(millions(rows[1]['mult_adds'])) == 149
+
+
+def test_cli_depth(capsys):
+  assert cost.main(['--depth', '2', '--json']) == 0
+  summary = json.loads(capsys.readouterr().out)
+  assert summary['depth'] == 2.0
+  assert (summary['mult_adds'], summary['params']) == count_by_hand(DEPTH_NETWORKS['separable', 1.0, 224, 2.0])
+  assert cost.main(['--json']) == 0
+  assert json.loads(capsys.readouterr().out)['depth'] == 1.0
+  assert cost.main(['--depth', '2']) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert 'depth 2' in lines[0]
+  assert len([line for line in lines if line.startswith(('stem', 'block', 'classifier'))]) == 1 + 2 * 26 + 1
+  assert cost.main(['--alpha', '1,0.5', '--depth', '0.5', '--variant', 'conv']) == 0
+  names = [line.rsplit(maxsplit=2)[0].strip() for line in capsys.readouterr().out.strip().splitlines()[1:]]
+  assert names == ['1 MobileNet-224 (conv, depth 0.5)', '0.5 MobileNet-224 (conv, depth 0.5)']
+
+
+@pytest.mark.parametrize('value', ['0', 'nan', '9', '-1', 'two'])
+def test_cli_bad_depth_one_line(capsys, value):
+  try:
+    code = cost.main(['--depth', value])
+  except SystemExit as exit_info:  # argparse's own errors exit from inside main
+    code = exit_info.code
+  assert code == 2
+  captured = capsys.readouterr()
+  assert captured.out == ''
+  lines = captured.err.strip().splitlines()
+  assert len(lines) == 1 and 'depth' in lines[0]
 
 
 def test_cli_layer_table_prints_table_2(capsys):

@@ -95,7 +95,7 @@ def test_the_pipeline_reads_each_example_of_the_real_build_once(overrides, proce
     for batch in input_pipeline.eval_batches(data, global_batch_size=8, resolution=32, process_index=process,
                                              process_count=process_count):
       assert batch['image'].shape == (8 // process_count, 32, 32, 3)
-      assert batch['image'].dtype == np.uint8  # scaled on the device (`train.model_input`)
+      assert batch['image'].dtype == np.uint8  # scaled on the device (`evaluation.model_input`)
       labels.extend(batch['label'][batch['mask'] == 1].tolist())
       masked += int(np.sum(batch['mask'] == 0))
   assert sorted(labels) == sorted(mini_imagenet.validation_labels())

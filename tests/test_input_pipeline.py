@@ -197,7 +197,7 @@ def test_data_source_batches_are_uint8_that_scale_to_the_in_memory_batches(array
   # the rounding to whole pixel values (half a level: 0.5 / 127.5).
   import jax.numpy as jnp
 
-  from mnet_jax.train import model_input
+  from mnet_jax.evaluation import model_input
 
   from_source, from_memory = _data(data_dir=array_record_dir, cache=False), _data(data_dir=array_record_dir)
   pairs = [(_train(from_source, 2, process_index=0, process_count=1)[1],

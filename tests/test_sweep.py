@@ -11,7 +11,6 @@ import statistics
 import subprocess
 import sys
 
-import ml_collections
 import numpy as np
 import pytest
 from hooks import hooked
@@ -25,16 +24,10 @@ from test_train import (
   subprocess_env,
 )
 
-from mnet_jax import cost, sweep, sweep_workers
+from mnet_jax import cost, study, sweep_workers
+from mnet_jax.config_util import sibling
 
 STEPS = 8
-
-
-def test_point_names_round_trip():
-  assert sweep.parse_point('a0.75_r128') == sweep.Point('separable', 0.75, 128)
-  assert sweep.parse_point('conv_a1_r224').name == 'conv_a1_r224'
-  with pytest.raises(ValueError, match='bad sweep point name'):
-    sweep.parse_point('alpha1')
 
 
 @pytest.mark.parametrize('field, value, message', [
@@ -43,9 +36,10 @@ def test_point_names_round_trip():
     ('variants', 'separable,dense', 'sweep.variants: '),
 ])
 def test_a_bad_grid_value_is_named_by_its_field(field, value, message):
-  grid = {'points': '', 'variants': 'separable', 'alphas': '1', 'resolutions': '64', field: value}
+  config = sibling(str(REPO / 'experiments' / 'sweep.py'), 'sweep').get_config('smoke')
+  config.sweep[field] = value
   with pytest.raises(ValueError, match=re.escape(message)):
-    sweep.expand_points(ml_collections.ConfigDict(grid))
+    study.expand(config)
 
 
 def smoke_command(workdir, data_dir, cache_dir, *extra) -> list[str]:
