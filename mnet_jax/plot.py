@@ -26,7 +26,7 @@ from matplotlib.lines import Line2D
 from mnet_jax import plot_study, published, report, stats
 
 FORMATS = ('png', 'svg')
-_RESOLUTION_DASHES = ((0, (5, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)), (0, (2, 2)), (0, (8, 3)))
+_LINE_DASHES = ((0, (5, 2)), (0, (1, 1.5)), (0, (6, 2, 1, 2)), (0, (2, 2)), (0, (8, 3)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,11 +123,12 @@ def _tradeoff_figure(rows: list[dict[str, Any]], axis: Axis, dataset: str | None
     series_handles.append(Line2D([], [], color='0.3', marker='|', markersize=12, linestyle='none',
                                  label='95% CI of the mean\nover seeds (n ≥ 2)'))
   line_handles = []
-  for i, (values, points) in enumerate(plot_study.group_series(rows, (layout.lines,) if layout.lines else ())):
-    x, y = xy(points)
-    if layout.lines and len(x) > 1:
-      line_handles += ax.plot(x, y, color='0.35', linewidth=1.1, linestyle=_RESOLUTION_DASHES[i % 5], zorder=2,
-                              label=plot_study.value_label(layout.lines, values[0]))
+  if layout.lines:
+    for i, (values, points) in enumerate(plot_study.group_series(rows, (layout.lines,))):
+      x, y = xy(points)
+      if len(x) > 1:
+        line_handles += ax.plot(x, y, color='0.35', linewidth=1.1, linestyle=_LINE_DASHES[i % 5], zorder=2,
+                                label=plot_study.value_label(layout.lines, values[0]))
   frontier = pareto_frontier(rows, axis.field)
   summary_handles = ax.plot(*xy(frontier), drawstyle='steps-post', color='black', linewidth=0.9, alpha=0.75,
                             marker='o', markersize=11, markerfacecolor='none', markeredgewidth=1.2, zorder=4,
@@ -149,7 +150,6 @@ def _tradeoff_figure(rows: list[dict[str, Any]], axis: Axis, dataset: str | None
   reference_handles = []
   if dataset == published.DATASET and axis.field in ('mult_adds', 'params'):  # latency: not on this machine
     reference_handles = _overlay_published(ax, axis)
-  # Plain numbers at 1-2-5 steps read better than 2×10^1 on axes that span only a decade or two.
   plot_study.log_x(ax)
   # Accuracy lives in [0, 100]. A CI of a mean near chance over few seeds reaches past it (t = 12.7 at n = 2): the
   # axis stops at the range and cuts the bar there, instead of showing negative accuracies.

@@ -70,6 +70,7 @@ def series_label(fields: Sequence[str], values: Sequence[Any]) -> str:
 
 
 def series_heading(fields: Sequence[str]) -> str:
+  """The legend heading over the series, e.g. 'Width multiplier (this sweep)'."""
   return f'{" × ".join(field_title(f) for f in fields) or "Points"} (this sweep)'
 
 
@@ -96,9 +97,10 @@ def varying(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> list[str]:
 def series_layout(rows: Sequence[dict[str, Any]], swept: Sequence[str] | None, moved_by: Sequence[str]) -> Layout:
   """The series of a figure whose x is moved by the fields `moved_by` (e.g. `BUDGET_FIELDS` for training FLOPs).
 
-  A series per combination of the swept fields that vary and do not move x; if every varying field moves x, a
-  series per value of the first, dashed lines per value of the second. Swept fields that hold one value among
-  `rows` split nothing and are ignored. `swept` None: an α×ρ sweep.
+  A series per combination of the swept fields that vary and do not move x. If every varying field moves x: an
+  α×ρ study keeps a series per α and dashed lines per resolution; any other, a series per value of the first
+  field, dashed lines per value of the second. Swept fields that hold one value among `rows` split nothing and are
+  ignored. `swept` None: an α×ρ sweep (results written before study.json).
   """
   changing = varying(rows, DEFAULT_SWEPT if swept is None else swept)
   moving = [f for f in changing if _base(f) in moved_by]

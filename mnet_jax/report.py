@@ -218,14 +218,18 @@ def write_results(workdir: str | os.PathLike, rows: list[dict[str, Any]]) -> lis
   return [workdir / RESULTS_JSON, workdir / RESULTS_CSV]
 
 
-def write_curves(workdir: str | os.PathLike, curves: list[dict[str, Any]]) -> epath.Path | None:
-  """Write curves.csv (one row per run and evaluation, by point and seed, then step); None without curves."""
+def write_curves(workdir: str | os.PathLike, curves: list[dict[str, Any]], swept: list[str] = ()
+                 ) -> epath.Path | None:
+  """Write curves.csv (one row per run and evaluation, by point and seed, then step): name, seed, step, the
+  `swept` columns, the point's description in results.csv's order, then the metrics. None without curves."""
   if not curves:
     return None
   rows = sorted(({k: _plain(v) for k, v in row.items()} for row in curves),
                 key=lambda r: (_natural(str(r['name'])), _seed_order(r), r['step']))
-  described = list(dict.fromkeys(k for row in rows for k in row if k not in CURVE_COLUMNS + CURVE_METRICS))
-  columns = [*CURVE_COLUMNS, *described, *CURVE_METRICS]
+  leading = [*CURVE_COLUMNS, *swept]
+  present = {k for row in rows for k in row} - set(leading) - set(CURVE_METRICS)
+  described = [c for c in COLUMNS if c in present] + sorted(present - set(COLUMNS))
+  columns = [*leading, *described, *CURVE_METRICS]
   buffer = io.StringIO()
   writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator='\n')
   writer.writeheader()
@@ -348,7 +352,10 @@ def format_table(rows: list[dict[str, Any]]) -> str:
                  + (f'{threads(r, "tflite"):>20} ' if tflite else '')
                  + (f'{mean_with_ci(r, "top1_int8"):>14} {threads(r, "int8"):>18} ' if int8 else '')
                  + f'{r.get("status", "?")}')
-  lines.append(format_fit(log_linear_fit(points)))
+  if all(r['name'] == grid_name(r) for r in points):
+    lines.append(format_fit(log_linear_fit(points)))
+  else:  # one line through points of several training lengths, data sizes, ... would say nothing about Mult-Adds
+    lines.append('Log-linear fit on Mult-Adds: not made, the points differ in more than the model (see the figures)')
   failed_runs = [r for r in sort_rows(rows) if r.get('kind') == RUN and r.get('status') == 'failed']
   named = {r['name'] for r in failed_runs}
   failed = failed_runs + [r for r in points if r.get('status') == 'failed' and r['name'] not in named]

@@ -142,7 +142,7 @@ def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> int:
     curves = collect_curves(workdir, table)
     _write_study_json(workdir, config, the_study)
     report.write_results(workdir, table)
-    report.write_curves(workdir, curves)
+    report.write_curves(workdir, curves, the_study.columns)
     claims.write_markdown(workdir, table)
     figures = plot.make_figures(table, workdir, dataset=config.data.name, curves=curves, swept=the_study.columns)
     print(report.format_table(table), flush=True)

@@ -441,7 +441,9 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
   model_cost = cost.model_cost(config.model.alpha, resolution, config.model.variant, info.num_classes,
                                config.model.min_depth, depth=config.model.get('depth', 1.0))
   seeds = f', seeds {",".join(map(str, runs.seeds))} together' if runs.together else ''
-  log(f'[train] MobileNet {config.model.alpha:g}-{resolution} ({config.model.variant}): '
+  depth = config.model.get('depth', 1.0)
+  log(f'[train] MobileNet {config.model.alpha:g}-{resolution} ({config.model.variant}'
+      f'{f", depth {depth:g}" if depth != 1 else ""}): '
       f'{model_cost.mult_adds / 1e6:.1f} M Mult-Adds, {model_cost.params / 1e6:.2f} M params; '
       f'{info.num_train} train / {info.num_eval} eval examples of {config.data.name}; '
       f'{total_steps} steps of {config.batch_size}{seeds} on {jax.device_count()} device(s), '

@@ -3,8 +3,9 @@
 XLA's count is `cost_analysis()` of the step as JAX lowers it, before XLA's backend passes: XLA:CPU rewrites the
 depthwise kernel gradient (a convolution with batch_group_count = C) into a dense convolution C times larger, so the
 compiled CPU program counts 2.4-3.3x the model's FLOPs, an artifact of that backend. The lowered program's
-convolutions and dots are the analytic (6 Mult-Adds - 2 stem Mult-Adds) x batch; its remaining FLOPs (BatchNorm,
-ReLU6, the loss, the optimizer) are 3-4% at these widths and up to ~15% at alpha 0.25, hence the sizes below.
+convolutions and dots, over whole windows, are exactly (6 Mult-Adds - 2 stem Mult-Adds) x batch (no gradient w.r.t.
+the images); its other FLOPs (BatchNorm, ReLU6, the loss, the optimizer) are 3-4% at these widths and up to 15% at
+alpha 0.25 with batch 8, hence the sizes below.
 """
 
 from __future__ import annotations

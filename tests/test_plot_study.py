@@ -224,3 +224,15 @@ def test_cli_reads_study_json_and_curves_csv(tmp_path, capsys):
   assert 'α = 0.5' in (tmp_path / 'top1_vs_train_flops.svg').read_text()
   (tmp_path / 'study.json').write_text('{')
   assert plot.main([f'--workdir={tmp_path}']) == 2
+
+
+def test_an_alpha_by_resolution_study_draws_the_same_figures_as_before_studies(tmp_path):
+  grid = [dict(r, name=f'{r["name"]}_{res}', resolution=res, mult_adds=r['mult_adds'] * res // 32)
+          for r in _point_rows(steps=(100,)) for res in (32, 64)]
+  legacy = plot.make_figures(grid, tmp_path / 'legacy')
+  study = plot.make_figures(grid, tmp_path / 'study', swept=['variant', 'alpha', 'resolution'])
+  assert [p.name for p in legacy] == [p.name for p in study]
+  for a, b in zip(legacy, study, strict=True):
+    assert a.read_bytes() == b.read_bytes(), a.name
+  svg = (tmp_path / 'study' / 'top1_vs_mult_adds.svg').read_text()
+  assert 'Width multiplier (this sweep)' in svg and '64 px' in svg and '32 px' in svg
