@@ -65,11 +65,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.eval_crop = 1.0
   if arg.preset == 'steps':
     # How top-1 and eval loss grow with training compute: α × training length at one resolution, each run with its
-    # own full cosine schedule, learning curves at doubling steps (eval_at) on top of each run's final evaluation.
+    # own full cosine schedule, and a learning curve at doubling steps (eval_at).
     config.sweep.alphas = '1,0.5,0.25'
     config.sweep.resolutions = '45'
     config.sweep.axes = 'num_train_steps=75,150,300,600'
-    config.eval_at = 'log:6'
+    config.eval_at = 'log:4'  # 600 steps: 75, 150, 300, 600; 75 steps: 9, 19, 38, 75
     config.sweep.latency_batch = 0  # the question is training compute: no latency probes
     config.sweep.tflite_latency = False
   if arg.preset == 'smoke':

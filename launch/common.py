@@ -11,9 +11,9 @@ from typing import NoReturn
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 USAGE_ERROR = 2
 DEFAULT_CONFIG = 'experiments/sweep.py:imagenet2012'
-# The launchers run where JAX may not be installed, so this mirrors mnet_jax.sweep's point-name pattern;
-# mnet_jax.sweep.parse_point stays the authority (it also checks α and resolution) when the job starts.
-POINT_NAME = re.compile(r'(?:[a-z]+_)?a[0-9.]+_r[0-9]+')
+# The launchers run where JAX may not be installed, so this mirrors mnet_jax.study's point names: the grid's part,
+# then one part per other axis (a1_r224_steps300); the study stays the authority when the job starts.
+POINT_NAME = re.compile(r'(?:[a-z]+_)?a[0-9.]+_r[0-9]+(?:_[A-Za-z][A-Za-z0-9.+-]*)*')
 
 
 def fail(message: str) -> NoReturn:
@@ -48,5 +48,5 @@ def point_names(values: list[str]) -> list[str]:
     fail('no sweep points given; expected names like a1_r224 a0.75_r192')
   bad = [n for n in names if not POINT_NAME.fullmatch(n)]
   if bad:
-    fail(f'bad sweep point name(s) {", ".join(bad)}; expected e.g. a1_r224, a0.75_r192 or conv_a1_r224')
+    fail(f'bad sweep point name(s) {", ".join(bad)}; expected e.g. a1_r224, conv_a1_r224 or a0.5_r160_steps300')
   return list(dict.fromkeys(names))

@@ -490,7 +490,8 @@ def _train(configs: list[ml_collections.ConfigDict], workdirs: list[epath.Path],
           log(f'[eval] step {step}: {evaluation.summary(eval_metrics)} on {eval_metrics[0]["eval_examples"]} '
               'examples')
           _record(step, eval_metrics, writers, learning_curves)
-          timer.pause()  # eval time is not training time
+          timer.pause()  # eval time is not training time: the next interval starts now
+          timer.mark(step)
         if at_checkpoint:
           save(step)
         # On several hosts the check is a collective (an allgather that blocks dispatch until every host's
