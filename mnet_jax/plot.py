@@ -57,7 +57,8 @@ AXES = (
 )
 
 
-def _save(fig: Figure, out_dir: epath.Path, stem: str) -> list[epath.Path]:
+def save_figure(fig: Figure, out_dir: epath.Path, stem: str) -> list[epath.Path]:
+  """`fig` as `out_dir`/`stem`.png and .svg, each written atomically; returns their paths."""
   paths = []
   for fmt in FORMATS:
     buffer = io.BytesIO()
@@ -157,7 +158,8 @@ def _tradeoff_figure(rows: list[dict[str, Any]], axis: Axis, dataset: str | None
   ax.set_ylim(max(low, 0.0), min(high, 100.0))
   ax.set_xlabel(axis.label)
   ax.set_ylabel('Top-1 accuracy (%)')
-  ax.set_title(f'MobileNet V1{f" on {dataset}" if dataset else ""}: top-1 accuracy vs {axis.title}{subtitle}',
+  # Centred over the whole figure, legend included: over the axes alone a long fit line would run off the left.
+  fig.suptitle(f'MobileNet V1{f" on {dataset}" if dataset else ""}: top-1 accuracy vs {axis.title}{subtitle}',
                fontsize=10)
   ax.grid(True, which='major', alpha=0.35)
   ax.grid(True, which='minor', alpha=0.12)
@@ -265,15 +267,15 @@ def make_figures(rows: list[dict[str, Any]], out_dir: str | os.PathLike, dataset
   for axis in AXES:
     fig = _tradeoff_figure(rows, axis, dataset, swept)
     if fig is not None:
-      paths += _save(fig, out_dir, axis.stem)
+      paths += save_figure(fig, out_dir, axis.stem)
   fig = _ablation_figure(rows, dataset)
   if fig is not None:
-    paths += _save(fig, out_dir, 'ablation_top1')
+    paths += save_figure(fig, out_dir, 'ablation_top1')
   failed = {(r['name'], r.get('seed')) for r in rows if r.get('kind') == report.RUN and r.get('status') == 'failed'}
   fig = plot_study.curves_figure([c for c in curves or () if (c.get('name'), c.get('seed')) not in failed], dataset,
                                  swept)
   if fig is not None:
-    paths += _save(fig, out_dir, plot_study.CURVES_STEM)
+    paths += save_figure(fig, out_dir, plot_study.CURVES_STEM)
   return paths
 
 

@@ -28,14 +28,12 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from mnet_jax import report, stats
+from mnet_jax.study import DEFAULT_SWEPT_COLUMNS, STUDY_JSON
 
-STUDY_JSON = 'study.json'
 CURVES_STEM = 'curves_vs_train_flops'
 # The swept columns that move each kind of x (a dotted config path is matched by its last component).
 ARCHITECTURE_FIELDS = ('alpha', 'resolution', 'depth', 'variant')
 BUDGET_FIELDS = ('num_train_steps', 'num_epochs', 'batch_size', 'train_examples')
-# Without study.json the rows come from an α×ρ sweep.
-DEFAULT_SWEPT = ('alpha', 'resolution')
 _TITLES = {'alpha': 'Width multiplier', 'resolution': 'Resolution', 'depth': 'Depth multiplier', 'variant': 'Variant',
            'num_train_steps': 'Training steps', 'num_epochs': 'Epochs', 'batch_size': 'Batch size',
            'train_examples': 'Training examples'}
@@ -100,14 +98,14 @@ def series_layout(rows: Sequence[dict[str, Any]], swept: Sequence[str] | None, m
   A series per combination of the swept fields that vary and do not move x. If every varying field moves x: an
   α×ρ study keeps a series per α and dashed lines per resolution; any other, a series per value of the first
   field, dashed lines per value of the second. Swept fields that hold one value among `rows` split nothing and are
-  ignored. `swept` None: an α×ρ sweep (results written before study.json).
+  ignored. `swept` None: `study.DEFAULT_SWEPT_COLUMNS` (results written before study.json).
   """
-  changing = varying(rows, DEFAULT_SWEPT if swept is None else swept)
+  changing = varying(rows, DEFAULT_SWEPT_COLUMNS if swept is None else swept)
   moving = [f for f in changing if _base(f) in moved_by]
   held = [f for f in changing if _base(f) not in moved_by]
   if held:
     return Layout(tuple(held), None)
-  if {'alpha', 'resolution'} <= set(moved_by) and {_base(f) for f in changing} <= set(DEFAULT_SWEPT):
+  if {'alpha', 'resolution'} <= set(moved_by) and {_base(f) for f in changing} <= set(DEFAULT_SWEPT_COLUMNS):
     return Layout(('alpha',), 'resolution')  # the paper's layout, even where one of the two holds one value
   return Layout(tuple(moving[:1]), moving[1] if len(moving) > 1 else None)
 

@@ -26,11 +26,15 @@ import ml_collections
 
 from mnet_jax import architecture, config_checks
 
+STUDY_JSON = 'study.json'  # in the study's workdir: its swept columns and paths, point names and config
 GRID_FIELDS = {'model.variant': 'variants', 'model.alpha': 'alphas', 'model.resolution': 'resolutions'}
 # The column a field takes in the result tables: the model's own names for the fields that describe the model
 # and its data; every other field its dotted config path.
 COLUMNS = {'model.variant': 'variant', 'model.alpha': 'alpha', 'model.resolution': 'resolution',
            'model.depth': 'depth', 'data.train_examples': 'train_examples'}
+# What a study without study.json (written before studies) swept: the grid, the α×ρ sweep and its ablations.
+DEFAULT_SWEPT_COLUMNS = tuple(COLUMNS[path] for path in GRID_FIELDS)
+_PATHS = {column: path for path, column in COLUMNS.items()}
 # Short names in run dir names; any other field is named by its last path component.
 SHORT_NAMES = {'num_train_steps': 'steps', 'num_epochs': 'ep', 'batch_size': 'bs', 'model.depth': 'd',
                'data.train_examples': 'n', 'optim.learning_rate': 'lr', 'optim.weight_decay': 'wd',
@@ -100,6 +104,11 @@ class Study:
 
 def column_name(path: str) -> str:
   return COLUMNS.get(path, path)
+
+
+def column_path(column: str) -> str:
+  """The config path of a table column: 'alpha' -> 'model.alpha'; any other column is its path already."""
+  return _PATHS.get(column, column)
 
 
 def short_name(path: str) -> str:

@@ -22,8 +22,6 @@ from mnet_jax.fileio import atomic_write_json, read_json, run_path
 from mnet_jax.point_runs import finished_row, run_dir
 from mnet_jax.study import Point, point_config
 
-STUDY_JSON = 'study.json'
-
 
 def _points_on_disk(workdir: epath.Path) -> list[Point]:
   """Points with run dirs in the workdir, e.g. from an ablation run into the same workdir."""
@@ -87,9 +85,9 @@ def collect_curves(workdir: epath.Path, rows: list[dict[str, Any]]) -> list[dict
 
 
 def _write_study_json(workdir: epath.Path, config: ml_collections.ConfigDict, the_study: study.Study) -> None:
-  atomic_write_json(workdir / STUDY_JSON, {'swept': the_study.columns, 'swept_paths': the_study.swept,
-                                           'points': [p.name for p in the_study.points],
-                                           'config': train.read_json_roundtrip(config.to_dict())})
+  atomic_write_json(workdir / study.STUDY_JSON, {'swept': the_study.columns, 'swept_paths': the_study.swept,
+                                                 'points': [p.name for p in the_study.points],
+                                                 'config': train.read_json_roundtrip(config.to_dict())})
 
 
 def run_sweep(config: ml_collections.ConfigDict, workdir: str) -> int:

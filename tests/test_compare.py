@@ -1,5 +1,5 @@
 """Two hand-written studies compared: the join on swept columns, Welch CIs against scipy, unmatched points, config
-differences, the CSV and figure files, the CLI's exit codes."""
+differences (`compare_join`); the printout, the CSV and figure files, the CLI's exit codes (`compare`)."""
 
 import csv
 import json
@@ -9,7 +9,7 @@ import statistics
 import pytest
 from scipy import stats as scipy_stats
 
-from mnet_jax import compare
+from mnet_jax import compare, compare_join
 
 CONFIG_A = {'seed': 0, 'num_train_steps': -1, 'batch_size': 64, 'compilation_cache_dir': '/tmp/a',
             'log_every_steps': 20, 'model': {'alpha': 1.0, 'resolution': 64, 'variant': 'separable'},
@@ -67,7 +67,7 @@ def _welch(b, a):
 
 
 def test_points_join_on_swept_columns_not_names(studies):
-  c = compare.compare(compare.load_study(studies[0]), compare.load_study(studies[1]))
+  c = compare_join.compare(compare_join.load_study(studies[0]), compare_join.load_study(studies[1]))
   assert c.columns == ('alpha', 'resolution', 'num_train_steps')
   assert [(a.name, b.name) for a, b in c.joined] == [('p1', 'p0'), ('p2', 'p1')]
   assert [a.key for a, _ in c.joined] == [(0.5, 64, 300), (1.0, 64, 300)]
@@ -76,7 +76,7 @@ def test_points_join_on_swept_columns_not_names(studies):
 
 
 def test_welch_difference_b_minus_a_matches_the_formula(studies):
-  c = compare.compare(compare.load_study(studies[0]), compare.load_study(studies[1]))
+  c = compare_join.compare(compare_join.load_study(studies[0]), compare_join.load_study(studies[1]))
   rows = compare.table_rows(c)
   first = rows[0]
   estimate, half_width = _welch(B_P0, A_P1)
@@ -98,7 +98,7 @@ def test_welch_difference_b_minus_a_matches_the_formula(studies):
 
 
 def test_unmatched_points_and_config_differences_are_listed(studies):
-  c = compare.compare(compare.load_study(studies[0]), compare.load_study(studies[1]))
+  c = compare_join.compare(compare_join.load_study(studies[0]), compare_join.load_study(studies[1]))
   assert c.config_differences == ['num_train_steps: swept over 300, 600 (A) vs 300 (B)',
                                   'optim.learning_rate: 0.008 (A) vs 0.016 (B)']
   text = compare.format_comparison(c)
@@ -117,9 +117,10 @@ def test_an_old_study_takes_unswept_columns_from_a_run_config(tmp_path, studies)
   old = _study(tmp_path / 'old', rows)
   (tmp_path / 'old' / 'a0.5_r64' / 'seed0').mkdir(parents=True)
   (tmp_path / 'old' / 'a0.5_r64' / 'seed0' / 'config.json').write_text(json.dumps(CONFIG_B))
-  study = compare.load_study(old)
-  assert study.swept == compare.DEFAULT_SWEPT and study.config_source == 'a0.5_r64/seed0/config.json'
-  c = compare.compare(compare.load_study(studies[0]), study)
+  old_study = compare_join.load_study(old)
+  assert old_study.swept == ('variant', 'alpha', 'resolution')
+  assert old_study.config_source == 'a0.5_r64/seed0/config.json'
+  c = compare_join.compare(compare_join.load_study(studies[0]), old_study)
   assert c.columns == ('alpha', 'resolution', 'num_train_steps', 'variant')
   assert [(a.name, b.name) for a, b in c.joined] == [('p1', 'a0.5_r64')]
 
@@ -129,7 +130,7 @@ def test_two_names_on_one_key_is_an_error(tmp_path):
   a = _study(tmp_path / 'a', _point('lr1', 0.5, 64, 300, [0.5]) + _point('lr2', 0.5, 64, 300, [0.6]),
              ['alpha', 'resolution'], CONFIG_A)
   with pytest.raises(ValueError, match="points 'lr1' and 'lr2' share alpha=0.5, resolution=64"):
-    compare.study_points(compare.load_study(a), ('alpha', 'resolution'))
+    compare_join.study_points(compare_join.load_study(a), ('alpha', 'resolution'))
 
 
 def test_cli_writes_the_table_csv_and_figure(studies, tmp_path, capsys):

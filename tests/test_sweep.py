@@ -81,6 +81,9 @@ def test_smoke_study_writes_run_and_point_rows_figures_and_claims(together_run):
   assert points[0]['top1'] == pytest.approx(statistics.mean(top1))
   assert points[0]['top1_sd'] == pytest.approx(statistics.stdev(top1))
   assert points[0]['top1_ci95'] == pytest.approx(12.7062047 * statistics.stdev(top1) / 2 ** 0.5)
+  loss = [r['eval_loss'] for r in runs]  # the eval loss is aggregated as top-1 is
+  assert points[0]['eval_loss'] == pytest.approx(statistics.mean(loss)) and min(loss) > 0
+  assert points[0]['eval_loss_ci95'] == pytest.approx(12.7062047 * statistics.stdev(loss) / 2 ** 0.5)
   assert points[0]['latency_ms'] > 0 and points[0]['infer_img_s'] > 0
   csv_rows = list(csv.DictReader((workdir / 'results.csv').open()))
   assert [(r['kind'], r['seed']) for r in csv_rows] == [('point', ''), ('run', '0'), ('run', '1')]

@@ -1,0 +1,35 @@
+"""The eval loss a run reports, against the cross-entropy of its own checkpoint recomputed here: the unfolded
+network (BatchNorm as BatchNorm, not folded into the convolutions) and a log-softmax in float64 numpy."""
+
+import json
+
+import jax
+import numpy as np
+from test_train import final_params, make_config
+
+from mnet_jax import input_pipeline, train
+
+
+def test_the_reported_eval_loss_is_the_mean_cross_entropy_of_the_eval_split(reference_run):
+  workdir, overrides = reference_run
+  config = make_config(overrides)
+  info = input_pipeline.dataset_info(config.data)
+  model = train.create_model(config.model, info.num_classes)
+  weights = final_params(workdir)
+  apply = jax.jit(lambda images: model.apply({'params': weights['params'], 'batch_stats': weights['batch_stats']},
+                                             images, train=False))
+  losses, hits = [], []
+  for batch in input_pipeline.eval_batches(config.data, global_batch_size=config.batch_size,
+                                           resolution=config.model.resolution, process_index=0, process_count=1):
+    logits = np.asarray(apply(batch['image']), np.float64)
+    keep = batch['mask'] > 0
+    log_softmax = logits - logits.max(-1, keepdims=True)
+    log_softmax -= np.log(np.exp(log_softmax).sum(-1, keepdims=True))
+    losses += list(-log_softmax[np.arange(len(logits)), batch['label']][keep])
+    hits += list((logits.argmax(-1) == batch['label'])[keep])
+  results = json.loads((workdir / 'results.json').read_text())
+  assert len(losses) == info.num_eval == results['eval_examples']
+  assert abs(results['eval_loss'] - np.mean(losses)) < 1e-4  # float32 sums against float64
+  assert abs(results['top1'] - np.mean(hits)) <= 1 / len(hits)  # folded weights may flip one near-tie
+  curve = json.loads((workdir / 'curve.json').read_text())
+  assert curve[-1]['step'] == results['steps'] and curve[-1]['eval_loss'] == results['eval_loss']
