@@ -9,6 +9,7 @@ and by `sweep_workers` (one worker process per point); it imports neither.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import jax
@@ -16,7 +17,7 @@ import ml_collections
 from etils import epath
 
 from mnet_jax import compute, cost, input_pipeline, preemption, report, train
-from mnet_jax.fileio import atomic_write_json, read_json
+from mnet_jax.fileio import atomic_write_json, read_json, write_atomically
 from mnet_jax.study import Point, point_config
 
 POINT_JSON = 'point.json'
@@ -28,8 +29,9 @@ def run_dir(workdir: epath.Path, point: Point, seed: int) -> epath.Path:
 
 
 def write_point_json(workdir: epath.Path, point: Point) -> None:
+  """The point's overrides in their order (the order its name lists them), not sorted."""
   if jax.process_index() == 0:
-    atomic_write_json(workdir / point.name / POINT_JSON, point.to_json())
+    write_atomically(workdir / point.name / POINT_JSON, (json.dumps(point.to_json(), indent=2) + '\n').encode())
 
 
 def description(point: Point, run: ml_collections.ConfigDict, info: input_pipeline.DatasetInfo) -> dict[str, Any]:

@@ -23,20 +23,22 @@ from mnet_jax.point_runs import finished_row, run_dir
 from mnet_jax.study import Point, point_config
 
 
-def _points_on_disk(workdir: epath.Path) -> list[Point]:
-  """Points with run dirs in the workdir, e.g. from an ablation run into the same workdir."""
+def _other_points(workdir: epath.Path, names: set[str]) -> list[epath.Path]:
+  """Point dirs in the workdir that are not among `names` but hold runs, e.g. an ablation run into the same
+  workdir: a dir with `point.json`, or named as the α×ρ grid names points (written before point.json existed)."""
   if not workdir.exists():
     return []
   found = []
-  for directory in workdir.iterdir():
-    if not any(directory.glob('seed*/row.json')):
+  for directory in sorted(workdir.iterdir(), key=lambda d: d.name):
+    if directory.name in names or not any(directory.glob('seed*/row.json')):
+      continue
+    if (directory / point_runs.POINT_JSON).exists():
+      found.append(directory)
       continue
     try:
-      if (directory / point_runs.POINT_JSON).exists():
-        found.append(study.point_from_json(read_json(directory / point_runs.POINT_JSON)))
-      else:  # written before point.json existed: the name says what the point is
-        found.append(study.legacy_point(directory.name))
-    except (ValueError, KeyError, AttributeError):
+      study.legacy_point(directory.name)
+      found.append(directory)
+    except ValueError:
       continue
   return found
 
@@ -51,11 +53,11 @@ def collect_rows(config: ml_collections.ConfigDict, workdir: epath.Path, points:
     key = run.data.to_json()
     info = infos[key] if key in infos else infos.setdefault(key, input_pipeline.dataset_info(run.data))
     for seed in seeds:
-      runs.append(finished_row(run_dir(workdir, point, seed), any_status=True)
-                  or point_runs.run_row(point, seed, run, info))
-  for point in _points_on_disk(workdir):
-    if point not in points:
-      runs += [read_json(p) for p in sorted((workdir / point.name).glob('seed*/row.json'))]
+      # A row written by an earlier version lacks the newer columns (e.g. train_flops): they describe the point.
+      written = finished_row(run_dir(workdir, point, seed), any_status=True) or {}
+      runs.append(point_runs.run_row(point, seed, run, info) | written)
+  for directory in _other_points(workdir, {p.name for p in points}):
+    runs += [read_json(p) for p in sorted(directory.glob('seed*/row.json'))]
   for row in runs:  # the int8 export's top-1, where the LiteRT probe measured it
     path = workdir / row['name'] / f'seed{row["seed"]}' / 'int8.json'
     if path.exists():

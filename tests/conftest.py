@@ -32,6 +32,18 @@ def tiny_data_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope='session')
+def array_record_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
+  """A TFDS data dir holding the tiny embedded dataset built as ArrayRecord (read by index, as ImageNet is)."""
+  import tensorflow_datasets as tfds
+
+  from mnet_jax import datasets
+
+  data_dir = str(tmp_path_factory.mktemp('array_record'))
+  tfds.builder(datasets.TINY_DATASET, data_dir=data_dir, file_format='array_record').download_and_prepare()
+  return data_dir
+
+
+@pytest.fixture(scope='session')
 def mini_imagenet_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
   """A TFDS data dir holding imagenet2012, prepared as ArrayRecord by TFDS's own builder from a miniature
   manual download (`mini_imagenet`)."""

@@ -4,6 +4,7 @@ injects a fault at an exact moment. `hooked(command, *hooks)` turns a `python -m
 
 from __future__ import annotations
 
+import os
 import sys
 
 
@@ -116,3 +117,12 @@ def _signalling(*args, **kwargs):
     yield batch
 input_pipeline.train_batches = _signalling
 '''
+
+
+def without_jax_or_tensorflow(env: dict, directory, repo) -> dict:
+  """`env` with `jax` and `tensorflow` packages that fail on import first on the path: a run that still reports its
+  mistake found it before importing either."""
+  for name in ('jax', 'tensorflow'):
+    (directory / name).mkdir(parents=True)
+    (directory / name / '__init__.py').write_text(f"raise ImportError('{name} was imported')\n")
+  return dict(env, PYTHONPATH=f'{directory}{os.pathsep}{repo}')

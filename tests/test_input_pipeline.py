@@ -169,13 +169,6 @@ def test_uncached_tfrecord_training_explains_itself(tiny_data_dir):
     _train(_data(data_dir=tiny_data_dir, cache=False), 1, process_index=0, process_count=1)
 
 
-@pytest.fixture(scope='module')
-def array_record_dir(tmp_path_factory) -> str:
-  data_dir = str(tmp_path_factory.mktemp('array_record'))
-  tfds.builder(datasets.TINY_DATASET, data_dir=data_dir, file_format='array_record').download_and_prepare()
-  return data_dir
-
-
 def test_uncached_array_record_build_trains_and_evaluates(array_record_dir):
   # The ImageNet preset's path (cache=False): training and evaluation both read the ArrayRecord build by index,
   # each process its own positions, and evaluation counts every example once.

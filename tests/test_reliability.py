@@ -4,7 +4,6 @@ a dead or hung process of a two-process run."""
 
 import csv
 import json
-import os
 import re
 import shlex
 import shutil
@@ -60,11 +59,7 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(tiny_data_dir, tmp_path
 def test_a_config_mistake_is_found_before_jax_or_tensorflow_is_imported(tmp_path):
   # `jax` and `tensorflow` packages that fail on import, first on the path: the mistake must still come back as its
   # one line, so it was found before either was imported (`config_checks`). The valid config shows the block works.
-  blocked = tmp_path / 'blocked'
-  for name in ('jax', 'tensorflow'):
-    (blocked / name).mkdir(parents=True)
-    (blocked / name / '__init__.py').write_text(f"raise ImportError('{name} was imported')\n")
-  env = dict(subprocess_env(), PYTHONPATH=f'{blocked}{os.pathsep}{REPO}')
+  env = hooks.without_jax_or_tensorflow(subprocess_env(), tmp_path / 'blocked', REPO)
   workdir = tmp_path / 'run'
   bad = subprocess.run(main_command(workdir, {'model.alpha': -1.0}), env=env, capture_output=True, text=True,
                        timeout=60)

@@ -1,10 +1,10 @@
 """A study's points from its grid and `sweep.axes`: names, overrides that reach each run's config, and every
 mistake refused in one line before JAX starts."""
 
-import os
 import re
 import subprocess
 
+import hooks
 import ml_collections
 import pytest
 from test_train import REPO, main_command, subprocess_env
@@ -118,12 +118,7 @@ def test_zipped_axes_of_different_lengths_name_the_lengths():
 
 @pytest.mark.parametrize('axes, message', [BAD_AXES[1], BAD_AXES[3], BAD_AXES[4], BAD_AXES[6], BAD_AXES[9]])
 def test_the_main_command_refuses_a_bad_axis_in_one_line_before_jax_and_writes_nothing(tmp_path, axes, message):
-  # `jax` and `tensorflow` that fail on import come first on the path: the error is found without them.
-  blocked = tmp_path / 'blocked'
-  for name in ('jax', 'tensorflow'):
-    (blocked / name).mkdir(parents=True)
-    (blocked / name / '__init__.py').write_text(f"raise ImportError('{name} was imported')\n")
-  env = dict(subprocess_env(), PYTHONPATH=f'{blocked}{os.pathsep}{REPO}')
+  env = hooks.without_jax_or_tensorflow(subprocess_env(), tmp_path / 'blocked', REPO)
   workdir = tmp_path / 'study'
   command = main_command(workdir, {}, f'--config.sweep.axes={axes}', config_file=SWEEP_CONFIG, preset='smoke')
   result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)

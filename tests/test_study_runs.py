@@ -41,6 +41,8 @@ def test_each_axis_value_reaches_its_runs(axes_study):
   workdir, _ = axes_study
   for name, (steps, depth) in POINTS.items():
     point = json.loads((workdir / name / 'point.json').read_text())
+    assert list(point['overrides']) == ['model.variant', 'model.alpha', 'model.resolution', 'num_train_steps',
+                                        'model.depth']  # the order the name lists them in
     assert point['overrides'] == {'model.variant': 'separable', 'model.alpha': 0.25, 'model.resolution': 48,
                                   'num_train_steps': steps, 'model.depth': depth}
     for seed in (0, 1):
@@ -71,6 +73,7 @@ def test_the_tables_carry_every_swept_field_and_the_training_compute(axes_study)
   assert study['swept'] == ['variant', 'alpha', 'resolution', 'num_train_steps', 'depth']
 
   curves = pd.read_csv(workdir / 'curves.csv')
+  assert not curves.duplicated(['name', 'seed', 'step']).any() and not runs.duplicated(['name', 'seed']).any()
   assert list(curves.columns[:8]) == ['name', 'seed', 'step', 'variant', 'alpha', 'resolution', 'num_train_steps',
                                       'depth']
   for (name, seed), curve in curves.groupby(['name', 'seed']):

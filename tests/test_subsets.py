@@ -116,13 +116,6 @@ def test_resuming_with_a_subset_gives_the_uninterrupted_batches(tiny_data_dir):
   np.testing.assert_array_equal(np.bincount(seen, minlength=16), 2 * expected)
 
 
-@pytest.fixture(scope='module')
-def array_record_dir(tmp_path_factory) -> str:
-  data_dir = str(tmp_path_factory.mktemp('array_record'))
-  tfds.builder(datasets.TINY_DATASET, data_dir=data_dir, file_format='array_record').download_and_prepare()
-  return data_dir
-
-
 def test_data_source_trains_on_the_subset_held_in_memory(array_record_dir):
   # Uncached, the labels for the order are read through the data source; the batches must be those of the same
   # build held in memory (as uint8, up to the rounding to whole pixel values).
