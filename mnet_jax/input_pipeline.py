@@ -9,8 +9,8 @@ With `data.train_examples` = N > 0 an epoch permutes N positions, each mapped to
 the split of an example of the subset (`subsets`: the same N examples for every run).
 Augmentation draws from stateless random ops keyed by the example's global position.
 Evaluation reads example i of its split at global position i, each process only its own.
-Both need random access to the split: it is held in memory (encoded) when `cache` is set
-or for a folder of images, and read through `tfds.data_source` (ArrayRecord) otherwise.
+Both need random access to the split (`dataset_access`): it is held in memory (encoded) when
+`cache` is set or for a folder of images, and read through `tfds.data_source` (ArrayRecord) otherwise.
 Batches read through a data source carry uint8 images (a quarter of float32's bytes to send
 to the devices), which the train and eval steps scale with `normalize`; batches from memory
 carry images already scaled to [-1, 1].
@@ -21,7 +21,6 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import math
-import os
 import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -30,20 +29,15 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from mnet_jax import datasets, philox, subsets
+from mnet_jax import dataset_access, philox, subsets
 from mnet_jax.config_checks import EVAL_PREPROCESSING, unknown
+from mnet_jax.dataset_access import FOLDER as FOLDER  # re-exported: part of this module's API
+from mnet_jax.dataset_access import DatasetError
 
 # TF must not claim the accelerator memory that JAX uses.
 tf.config.set_visible_devices([], 'GPU')
 
-FOLDER = 'folder'  # data.name that reads data.folder/<split>/<label>/*.jpg|png
-_MANUAL_FILES = {'imagenet2012': 'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar'}
 _AUTOTUNE = tf.data.AUTOTUNE
-_SKIP_DECODING = {'image': tfds.decode.SkipDecoding()}
-
-
-class DatasetError(ValueError):
-  """A dataset that is unknown, unprepared or misconfigured; the message says what to do."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,11 +49,11 @@ class DatasetInfo:
 
 def dataset_info(data: Any) -> DatasetInfo:
   """Class and example counts of the configured dataset, preparing an embedded one first."""
-  builder = _builder(data)
+  builder = dataset_access.prepared_builder(data)
   return DatasetInfo(
       num_classes=builder.info.features['label'].num_classes,
-      num_train=_train_size(builder, data),
-      num_eval=_num_examples(builder, data.eval_split))
+      num_train=dataset_access.train_size(builder, data),
+      num_eval=dataset_access.num_examples(builder, data.eval_split))
 
 
 def train_batches(data: Any, *, global_batch_size: int, resolution: int, seed: int, start_step: int = 0,
@@ -68,11 +62,11 @@ def train_batches(data: Any, *, global_batch_size: int, resolution: int, seed: i
   """Endless augmented training batches: this process's slice of global batch start_step, then the next..."""
   process_index, process_count = _process(process_index, process_count)
   local_batch_size = _local_batch_size(global_batch_size, process_count)
-  builder = _builder(data)
-  size = _train_size(builder, data)
+  builder = dataset_access.prepared_builder(data)
+  size = dataset_access.train_size(builder, data)
   preprocessed = _preprocessed_in_memory(builder, data, resolution) if _crop_is_whole_image(data) else None
   if preprocessed is None:
-    fetch_from_split = _random_access(builder, data, data.train_split)
+    fetch_from_split = dataset_access.random_access(builder, data, data.train_split)
   else:
     fetch_from_split = lambda index: (tf.gather(preprocessed[0], index), tf.gather(preprocessed[1], index))  # noqa: E731
   subset = _train_subset(builder, data, size)
@@ -120,7 +114,7 @@ def train_batches(data: Any, *, global_batch_size: int, resolution: int, seed: i
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(tf.stack([seed, position]), 2))
     if preprocessed is None:  # `image` is still encoded
       image = _train_image(image, resolution, data, crop_seed)
-      image = _scale(image) if _held_in_memory(data) else _uint8(image)
+      image = _scale(image) if dataset_access.held_in_memory(data) else _uint8(image)
     image = tf.image.stateless_random_flip_left_right(image, flip_seed) if data.flip else image
     return {'image': image, 'label': label}
 
@@ -133,11 +127,11 @@ def eval_batches(data: Any, *, global_batch_size: int, resolution: int, process_
   """One pass over the eval split; the last batch is padded and masked, every process yields as many batches."""
   process_index, process_count = _process(process_index, process_count)
   local_batch_size = _local_batch_size(global_batch_size, process_count)
-  builder = _builder(data)
-  size = _num_examples(builder, data.eval_split)
+  builder = dataset_access.prepared_builder(data)
+  size = dataset_access.num_examples(builder, data.eval_split)
   num_batches = math.ceil(size / global_batch_size)
   eval_preprocess = check_eval_preprocess(data)
-  fetch = _random_access(builder, data, data.eval_split)
+  fetch = dataset_access.random_access(builder, data, data.eval_split)
 
   # Example i of the split sits at global position i; this process reads the positions of
   # its slices, past the end of the split reads a masked copy of the last example.
@@ -148,7 +142,7 @@ def eval_batches(data: Any, *, global_batch_size: int, resolution: int, process_
 
   def load(position: tf.Tensor, encoded: tf.Tensor, label: tf.Tensor) -> dict[str, tf.Tensor]:
     image = _eval_image(encoded, resolution, data.eval_crop, eval_preprocess)
-    image = _scale(image) if _held_in_memory(data) else _uint8(image)
+    image = _scale(image) if dataset_access.held_in_memory(data) else _uint8(image)
     return {'image': image, 'label': label, 'mask': tf.cast(position < size, tf.float32)}
 
   counters = tf.data.Dataset.range(num_batches * local_batch_size)
@@ -156,70 +150,13 @@ def eval_batches(data: Any, *, global_batch_size: int, resolution: int, process_
   return _numpy(dataset.batch(local_batch_size))
 
 
-# --- dataset access -------------------------------------------------------------------
-
-
-def _builder(data: Any) -> tfds.core.DatasetBuilder:
-  """The TFDS builder for `data`, prepared; DatasetError with one line saying what to do otherwise."""
-  if data.name == FOLDER:
-    return _folder_builder(data.folder, (data.train_split, data.eval_split))
-  try:
-    builder = tfds.builder(data.name, data_dir=data.data_dir or None)  # '' = TFDS's default dir
-  except tfds.core.registered.DatasetNotFoundError:
-    raise DatasetError(f'unknown TFDS dataset {data.name!r} (embedded: {datasets.DEFAULT_DATASET!r}; '
-                       f'or name {FOLDER!r} with a folder root/<split>/<label>/*.jpg)') from None
-  if builder.is_prepared():
-    return builder
-  if builder.name in datasets.EMBEDDED:
-    builder.download_and_prepare()
-    return builder
-  where, command = builder.data_dir, _prepare_command(data.name, str(builder.data_dir_root))
-  if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
-    files = _MANUAL_FILES.get(builder.name, 'the files its TFDS page lists')
-    manual_dir = os.path.join(builder.data_dir_root, 'downloads', 'manual')  # TFDS's default
-    raise DatasetError(f'{data.name} is not prepared in {where}: put {files} in {manual_dir}, then run `{command}`')
-  raise DatasetError(f'{data.name} is not prepared in {where}: run `{command}` where there is network access')
-
-
-def _prepare_command(name: str, data_dir_root: str) -> str:
-  """A shell command that prepares `name` as ArrayRecord, which every reading mode can use.
-
-  Not `tfds build`: TFDS 4.9.10's CLI imports apache_beam (not one of our requirements) before
-  anything else, and it writes TFRecord by default, which uncached reading cannot index.
-  """
-  return (f'python -c "import tensorflow_datasets as tfds; tfds.builder({name!r}, data_dir={data_dir_root!r}, '
-          f"file_format='array_record').download_and_prepare()\"")
-
-
-def _folder_builder(root: str | None, splits: tuple[str, ...]) -> tfds.core.DatasetBuilder:
-  for split in splits:
-    if not root or not os.path.isdir(os.path.join(root, split)):
-      raise DatasetError(f'image folder {root!r} has no {split!r} subfolder: expected {root}/<split>/<label>/*.jpg')
-  return tfds.ImageFolder(root)
-
-
-def _num_examples(builder: tfds.core.DatasetBuilder, split: str) -> int:
-  try:
-    return builder.info.splits[split].num_examples
-  except KeyError:
-    raise DatasetError(f'{builder.name} has no split {split!r}; it has {", ".join(builder.info.splits)}') from None
-
-
-def _train_size(builder: tfds.core.DatasetBuilder, data: Any) -> int:
-  """The number of examples training draws from: data.train_examples (-1: the whole train split)."""
-  size = _num_examples(builder, data.train_split)
-  wanted = data.get('train_examples', -1)
-  if wanted == -1:
-    return size
-  if not 1 <= wanted <= size:
-    raise DatasetError(f'data.train_examples must be -1 (all) or in [1, {size}]: {data.name} has {size} '
-                       f'{data.train_split!r} examples, got {wanted}')
-  return wanted
+# --- examples: the training subset, the preprocessed split, fetching ------------------
 
 
 def _train_subset(builder: tfds.core.DatasetBuilder, data: Any, size: int) -> tf.Tensor | None:
-  """The split indices (int64) of the `size` (`_train_size`) examples trained on; None for the whole split."""
-  if size == _num_examples(builder, data.train_split):  # all of them: the same batches as train_examples=-1
+  """The split indices (int64) of the `size` (`dataset_access.train_size`) examples trained on; None for the
+  whole split."""
+  if size == dataset_access.num_examples(builder, data.train_split):  # all: the same batches as train_examples=-1
     return None
   key = (data.name, data.folder, data.data_dir, str(builder.version), data.train_split)
   order = subsets.cached_order(key, lambda: _labels(builder, data, data.train_split))
@@ -229,51 +166,17 @@ def _train_subset(builder: tfds.core.DatasetBuilder, data: Any, size: int) -> tf
 def _labels(builder: tfds.core.DatasetBuilder, data: Any, split: str) -> np.ndarray:
   """The split's labels by example index. A data source's records hold each label beside its image, so this
   reads the whole split once per process, as much reading as an epoch (ImageNet's train split: ~140 GB)."""
-  if _held_in_memory(data):
-    return _encoded_in_memory(builder, data, split)[1]
-  fetch = _random_access(builder, data, split)
-  chunks = tf.data.Dataset.range(_num_examples(builder, split)).batch(_READ_CHUNK)
+  if dataset_access.held_in_memory(data):
+    return dataset_access.encoded_in_memory(builder, data, split)[1]
+  fetch = dataset_access.random_access(builder, data, split)
+  chunks = tf.data.Dataset.range(dataset_access.num_examples(builder, split)).batch(dataset_access.READ_CHUNK)
   return np.concatenate(list(_numpy(_map(chunks, lambda index: fetch(index)[1]))))
-
-
-def _encoded_stream(builder: tfds.core.DatasetBuilder, split: str) -> tf.data.Dataset:
-  """The split's examples, images still encoded, in a fixed order (the order of its data source)."""
-  if builder.info.file_format == tfds.core.FileFormat.ARRAY_RECORD:  # `as_dataset` cannot read these
-    source = builder.as_data_source(split=split, decoders=_SKIP_DECODING)
-    signature = {'image': tf.TensorSpec([], tf.string), 'label': tf.TensorSpec([], tf.int64)}
-    examples = lambda: ({'image': e['image'], 'label': e['label']} for e in source)  # noqa: E731
-    return tf.data.Dataset.from_generator(examples, output_signature=signature)
-  read_config = tfds.ReadConfig(try_autocache=False)  # callers cache what they need themselves
-  return builder.as_dataset(split=split, shuffle_files=False, decoders=_SKIP_DECODING, read_config=read_config)
-
-
-_IN_MEMORY: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _encoded_in_memory(builder: tfds.core.DatasetBuilder, data: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
-  """The split's encoded images and int32 labels as arrays, read once per process (a sweep's seeds and
-  points share them); the last two splits read are kept (train and eval)."""
-  key = (data.name, data.folder, data.data_dir, str(builder.version), split)
-  if key not in _IN_MEMORY:
-    images, labels = [], []
-    for chunk in _encoded_stream(builder, split).batch(4096).as_numpy_iterator():  # batched: far fewer Python steps
-      images.append(chunk['image'])
-      labels.append(chunk['label'])
-    if len(_IN_MEMORY) > 1:
-      _IN_MEMORY.pop(next(iter(_IN_MEMORY)))
-    _IN_MEMORY[key] = np.concatenate(images), np.concatenate(labels).astype(np.int32)
-  return _IN_MEMORY[key]
 
 
 def _crop_is_whole_image(data: Any) -> bool:
   """Whether every training crop is the whole image: area 1 leaves the sampler no other box (a failed
   draw falls back to the whole image too), so the crop and resize are the same at every step."""
-  return data.min_area >= 1.0 and _held_in_memory(data)
-
-
-def _held_in_memory(data: Any) -> bool:
-  """Whether splits are read into memory (encoded) rather than through an ArrayRecord data source."""
-  return data.cache or data.name == FOLDER
+  return data.min_area >= 1.0 and dataset_access.held_in_memory(data)
 
 
 _PREPROCESSED: dict[tuple[Any, ...], tuple[tf.Tensor, tf.Tensor]] = {}
@@ -290,7 +193,7 @@ def _preprocessed_in_memory(builder: tfds.core.DatasetBuilder, data: Any,
   at 0.25-36, 3 seeds). The images come out of the same ops as per-example decoding, so the
   batches are bitwise the same. The last split kept (one resolution) is shared by a sweep's seeds.
   """
-  encoded, labels = _encoded_in_memory(builder, data, data.train_split)
+  encoded, labels = dataset_access.encoded_in_memory(builder, data, data.train_split)
   if len(encoded) * resolution * resolution * 3 * 4 > _PREPROCESSED_MAX_BYTES:
     return None
   key = (data.name, data.folder, data.data_dir, str(builder.version), data.train_split, resolution)
@@ -324,42 +227,10 @@ def _decoded_in_memory(builder: tfds.core.DatasetBuilder, data: Any, encoded: np
   return _DECODED[key]
 
 
-_READ_CHUNK = 64  # examples fetched per call of the reader
-
-
 def _fetched(locations: tf.data.Dataset, fetch: Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]) -> tf.data.Dataset:
-  """(position, index) elements -> (position, image, label), fetched for _READ_CHUNK indices at a time."""
-  return _map(locations.batch(_READ_CHUNK), lambda position, index: (position, *fetch(index))).unbatch()
-
-
-def _random_access(builder: tfds.core.DatasetBuilder, data: Any,
-                   split: str) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
-  """A tf function from a vector of example indices to their (encoded images, int32 labels)."""
-  if _held_in_memory(data):
-    images, labels = _encoded_in_memory(builder, data, split)
-    images, labels = tf.constant(images, tf.string), tf.constant(labels)
-    return lambda indices: (tf.gather(images, indices), tf.gather(labels, indices))
-  try:
-    source = builder.as_data_source(split=split, decoders=_SKIP_DECODING)
-  except NotImplementedError as error:  # e.g. TFRecord files
-    raise DatasetError(f'{data.name} ({builder.info.file_format.value} files) has no random access: set '
-                       f'data.cache=True if its {split} split fits in memory, or rebuild it as ArrayRecord in '
-                       f'another data dir: `{_prepare_command(data.name, "DIR")}`') from error
-  # One Python call reads a chunk of serialized records, which TF's parser then takes apart outside the GIL.
-  # Reading through the TFDS source, one example per call (Python deserialisation), held the GIL for most of
-  # the work: a process topped out at ~4,300 examples/s on any number of threads (BENCHMARKS.md).
-  records = source.data_source
-  features = {'image': tf.io.FixedLenFeature([], tf.string), 'label': tf.io.FixedLenFeature([], tf.int64)}
-
-  def read(indices: np.ndarray) -> np.ndarray:
-    return np.array([records[int(index)] for index in indices], dtype=object)
-
-  def fetch(indices: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    serialized = tf.ensure_shape(tf.numpy_function(read, [indices], tf.string, stateful=False), indices.shape)
-    examples = tf.io.parse_example(serialized, features)
-    return examples['image'], tf.cast(examples['label'], tf.int32)
-
-  return fetch
+  """(position, index) elements -> (position, image, label), fetched for READ_CHUNK indices at a time."""
+  chunks = locations.batch(dataset_access.READ_CHUNK)
+  return _map(chunks, lambda position, index: (position, *fetch(index))).unbatch()
 
 
 # --- preprocessing --------------------------------------------------------------------

@@ -17,7 +17,7 @@ import mini_imagenet  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from mnet_jax import input_pipeline  # noqa: E402
+from mnet_jax import dataset_access, input_pipeline  # noqa: E402
 from mnet_jax.config_util import sibling  # noqa: E402
 
 
@@ -36,8 +36,8 @@ def reader_rate(data, reads: int = 30_000) -> float:
   """Examples/s of the pipeline's random-access fetch alone, at random indices, in batches of 64."""
   import tensorflow as tf
 
-  builder = input_pipeline._builder(data)  # noqa: SLF001 - the reader is what is measured
-  fetch = input_pipeline._random_access(builder, data, data.train_split)  # noqa: SLF001
+  builder = dataset_access.prepared_builder(data)
+  fetch = dataset_access.random_access(builder, data, data.train_split)  # the reader is what is measured
   indices = np.random.default_rng(0).integers(0, builder.info.splits[data.train_split].num_examples, reads)
   locations = tf.data.Dataset.from_tensor_slices(indices).map(lambda index: (index, index))
   examples = input_pipeline._fetched(locations, fetch).batch(64).prefetch(4)  # noqa: SLF001
