@@ -3,6 +3,7 @@ on 320 ImageNet-sized JPEGs that TFDS's real imagenet2012 builder prepared, and 
 encoded examples by index, no decoding):
 
   python tests/jpeg_rate.py [BUILD_DIR]
+  python tests/jpeg_rate.py [BUILD_DIR] --batched_read   # the reader against one batched read per chunk, 3 rounds
 """
 
 import io
@@ -48,12 +49,50 @@ def reader_rate(data, reads: int = 30_000) -> float:
   return count / (time.perf_counter() - start)
 
 
+def batched_random_access(builder, data, split):
+  """`dataset_access.random_access` reading each chunk with one `__getitems__` call of the ArrayRecord source
+  (which splits the keys per file and reads them on a thread pool) instead of one record per call."""
+  import tensorflow as tf
+
+  records = builder.as_data_source(split=split, decoders=dataset_access._SKIP_DECODING).data_source  # noqa: SLF001
+  features = {'image': tf.io.FixedLenFeature([], tf.string), 'label': tf.io.FixedLenFeature([], tf.int64)}
+
+  def read(indices: np.ndarray) -> np.ndarray:
+    return np.array(records.__getitems__([int(i) for i in indices]), dtype=object)
+
+  def fetch(indices):
+    serialized = tf.ensure_shape(tf.numpy_function(read, [indices], tf.string, stateful=False), indices.shape)
+    examples = tf.io.parse_example(serialized, features)
+    return examples['image'], tf.cast(examples['label'], tf.int32)
+
+  return fetch
+
+
+def compare_batched_read(data, rounds: int = 3) -> None:
+  """The reader as it is against `batched_random_access`, interleaved (A, B, A, B, ...): examples/s."""
+  ways = {'one record per call (the reader)': dataset_access.random_access,
+          'one __getitems__ per chunk': batched_random_access}
+  rates = {name: [] for name in ways}
+  for _ in range(rounds):
+    for name, way in ways.items():
+      dataset_access.random_access = way
+      rates[name].append(reader_rate(data))
+  dataset_access.random_access = ways['one record per call (the reader)']
+  for name, values in rates.items():
+    print(f'{name}: median {sorted(values)[len(values) // 2]:,.0f} examples/s '
+          f'(rounds: {", ".join(f"{v:,.0f}" for v in values)})')
+
+
 def main() -> None:
-  root = sys.argv[1] if len(sys.argv) > 1 else '/tmp/jpeg_rate_build'
+  args = [a for a in sys.argv[1:] if not a.startswith('--')]
+  root = args[0] if args else '/tmp/jpeg_rate_build'
   if not os.path.exists(f'{root}/tfds'):
     mini_imagenet.build(root, train_per_synset=80, num_val=8, image_fn=photo_like)  # 320 training JPEGs
   config = sibling(os.path.join(REPO, 'experiments', 'default.py'), 'default').get_config('imagenet2012')
   config.data.data_dir = f'{root}/tfds'
+  if '--batched_read' in sys.argv:
+    compare_batched_read(config.data)
+    return
   batch = 64
   print(f'reader alone: {reader_rate(config.data):.0f} examples/s')
   batches = input_pipeline.train_batches(config.data, global_batch_size=batch, resolution=224, seed=0,
