@@ -17,7 +17,7 @@ import shlex
 import subprocess
 import sys
 
-from common import DEFAULT_CONFIG, REPO_ROOT, Parser, fail, main_args, split_main_flags
+from common import DATA_DIR_FLAG, DEFAULT_CONFIG, REPO_ROOT, Parser, check_data_dir, fail, main_args, split_main_flags
 
 TIME_LIMIT = re.compile(r'([0-9]+-)?[0-9]+(:[0-9]{2}){0,2}')  # Slurm's formats: minutes, h:m:s, d-h[:m[:s]]
 
@@ -45,7 +45,7 @@ requeue() {{
   exit 0
 }}
 trap requeue USR1
-srun --kill-on-bad-exit=1 {command} &
+{copy_data}srun --kill-on-bad-exit=1 {command} &
 pid=$!
 wait "$pid"
 """
@@ -77,6 +77,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                       help='interpreter on the nodes, with the requirements installed (default: %(default)s)')
   parser.add_argument('--env_setup', default='', help='shell line run first, e.g. module load / venv activate')
   parser.add_argument('--log_dir', help='where the script and its output go (default: <code_dir>/slurm_logs)')
+  parser.add_argument('--data', metavar='SHARED_DIR:LOCAL_DIR',
+                      help='copy SHARED_DIR (seen by every node) to LOCAL_DIR on every node before each run (again '
+                           'after a requeue: only newer files); passes --config.data.data_dir')
   parser.add_argument('--dry_run', action='store_true', help='print the commands, one per line; submit nothing')
   own, main_flags = split_main_flags(argv)
   args = parser.parse_args(own)
@@ -95,6 +98,15 @@ def check_args(args: argparse.Namespace) -> None:
   if not re.fullmatch(r'[A-Za-z0-9_.-]+', args.job_name):
     fail(f'bad --job_name {args.job_name!r}; use letters, digits, _ . -')
   args.log_dir = args.log_dir or os.path.join(args.code_dir, 'slurm_logs')
+  if args.data:
+    shared, _, local = args.data.rpartition(':')
+    if not shared or not local.startswith('/'):
+      fail(f'bad --data {args.data!r}; expected SHARED_DIR:/LOCAL/DIR, e.g. /shared/tensorflow_datasets:/tmp/tfds')
+    args.data = shared, local
+    if any(f.startswith(DATA_DIR_FLAG) for f in args.main_flags):
+      fail(f'--data sets {DATA_DIR_FLAG}{local}; drop the other {DATA_DIR_FLAG}')
+    args.main_flags = [*args.main_flags, DATA_DIR_FLAG + local]
+  check_data_dir(args.main_flags)
 
 
 def sbatch_script(args: argparse.Namespace) -> str:
@@ -109,8 +121,21 @@ def sbatch_script(args: argparse.Namespace) -> str:
     flags.append(f'--config.compilation_cache_dir={args.compilation_cache_dir}')
   command = shlex.join([args.python, *main_args(args.config, args.workdir, flags)])
   header = ['#!/bin/bash'] + [f'#SBATCH {option}' for option in options]
-  body = SCRIPT_BODY.format(code_dir=shlex.quote(args.code_dir), env_setup=args.env_setup, command=command)
+  body = SCRIPT_BODY.format(code_dir=shlex.quote(args.code_dir), env_setup=args.env_setup, command=command,
+                            copy_data=copy_data_command(args))
   return '\n'.join(header) + '\n' + body
+
+
+def copy_data_command(args: argparse.Namespace) -> str:
+  """One task per node copies --data to the node's disk before the run; a failed copy ends the job."""
+  if not args.data:
+    return ''
+  shared, local = args.data
+  # -u: after a requeue only files newer than the node's copy are copied again.
+  copy = f'mkdir -p {shlex.quote(local)} && cp -au {shlex.quote(shared + "/.")} {shlex.quote(local + "/")}'
+  failed = shlex.quote(f'error: could not copy {shared} to {local} on every node')
+  return (f'srun --ntasks-per-node=1 --kill-on-bad-exit=1 bash -c {shlex.quote(copy)}'
+          f' || {{ echo {failed} >&2; exit 1; }}\n')
 
 
 def main(argv: list[str]) -> int:

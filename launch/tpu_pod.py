@@ -1,9 +1,10 @@
 """Run mnet_jax on Cloud TPU VM slices with gcloud: create or reuse a slice, ship the code, install the pinned
 requirements and start mnet_jax.main on every worker (--worker=all); --watch recreates a preempted slice and
-reruns the same command, which resumes from the checkpoints in the GCS workdir. Standard library only.
+reruns the same command, which resumes from the checkpoints in the GCS workdir; --data mounts the dataset's bucket
+read-only on every worker of every slice it brings up. Standard library only.
 
   python launch/tpu_pod.py --name=mnet --zone=us-central2-b --accelerator_type=v4-32 --spot --watch \\
-      --workdir=gs://BUCKET/sweep -- --config.data.data_dir=gs://BUCKET/tfds
+      --workdir=gs://BUCKET/sweep --data=gs://BUCKET/tensorflow_datasets:/data/tensorflow_datasets
   python launch/tpu_pod.py ... --points a{1,0.75,0.5,0.25}_r{224,192,160,128}   # one slice per point
   python launch/tpu_pod.py ... --dry_run                                          # print the commands only
 """
@@ -20,7 +21,18 @@ import sys
 import tempfile
 import time
 
-from common import DEFAULT_CONFIG, REPO_ROOT, Parser, fail, main_args, point_names, split_main_flags
+from common import (
+  DATA_DIR_FLAG,
+  DEFAULT_CONFIG,
+  REPO_ROOT,
+  Parser,
+  check_data_dir,
+  fail,
+  main_args,
+  point_names,
+  print_cost,
+  split_main_flags,
+)
 
 ACCELERATOR_TYPE = re.compile(r'(v[0-9]+[a-z]*)-[0-9]+')  # v4-32, v5litepod-16, v5p-8, v6e-64
 SLICE_NAME = re.compile(r'[a-z]([-a-z0-9]{0,61}[a-z0-9])?')  # a GCE resource name
@@ -30,6 +42,7 @@ RUNTIME_VERSIONS = {'v2': 'tpu-ubuntu2204-base', 'v3': 'tpu-ubuntu2204-base', 'v
 # Exit codes of the run after which rerunning resumes: 143 = main saw SIGTERM and saved a checkpoint
 # (a preemption notice), 255 = ssh lost the connection (the VM went away).
 RESUMABLE_EXIT_CODES = (143, 255)
+MOUNT_FAILED = -1  # deploy's result when only the --data mount failed; not an exit code
 # On the workers, relative to the home folder that gcloud ssh and scp start in.
 SOURCE_DIR, VENV_DIR, ARCHIVE, PID_FILE = 'mnet_src', 'mnet_venv', 'mnet_src.tar.gz', 'mnet_run.pid'
 UV = '$HOME/.local/bin/uv'
@@ -39,6 +52,13 @@ STOP_PREVIOUS_RUN = (f'pid=$(cat {PID_FILE} 2>/dev/null); if grep -qa mnet_jax.m
                      'then kill "$pid"; '
                      'for i in $(seq 60); do kill -0 "$pid" 2>/dev/null || break; sleep 1; done; '
                      'kill -9 "$pid" 2>/dev/null; fi')
+# gcsfuse from Google's apt repository, as https://cloud.google.com/storage/docs/cloud-storage-fuse/install says.
+INSTALL_GCSFUSE = ('command -v gcsfuse >/dev/null || { echo "deb [signed-by=/usr/share/keyrings/cloud.google.asc] '
+                   'https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -cs) main" '
+                   '| sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null'
+                   ' && curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg '
+                   '| sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null'
+                   ' && sudo apt-get update -qq && sudo apt-get install -y -qq fuse gcsfuse; }')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +134,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
   parser.add_argument('--max_attempts', type=int, default=50, help='runs per slice with --watch (default: %(default)s)')
   parser.add_argument('--poll_seconds', type=int, default=60,
                       help='seconds between state checks (default: %(default)s)')
-  parser.add_argument('--dry_run', action='store_true', help='print the commands, one per line; run nothing')
+  parser.add_argument('--data', metavar='gs://BUCKET/DIR:/LOCAL/DIR',
+                      help='mount gs://BUCKET/DIR read-only at /LOCAL/DIR on every worker before each run and pass '
+                           '--config.data.data_dir=/LOCAL/DIR')
+  parser.add_argument('--max_mount_failures', type=int, default=3,
+                      help='with --watch, attempts whose mount fails before giving up (default: %(default)s)')
+  parser.add_argument('--dry_run', action='store_true',
+                      help="print the commands, one per line, and the study's cost; run nothing")
+  parser.add_argument('--img_per_s_per_chip', type=float,
+                      help="training rate per chip for the dry run's chip-hours (default: the project's measured "
+                           'rate, 1.0-224 bf16 on one H200)')
   own, main_flags = split_main_flags(argv)
   args = parser.parse_args(own)
   args.main_flags = main_flags
@@ -133,9 +162,30 @@ def check_args(args: argparse.Namespace) -> None:
     fail(f'--workdir must be a gs:// folder (every worker and every retry must see it), got {args.workdir!r}')
   if args.points is not None:
     args.points = point_names(args.points)
+  if args.data:
+    args.data = parse_data(args.data)
+    data_dirs = [f.removeprefix(DATA_DIR_FLAG) for f in args.main_flags if f.startswith(DATA_DIR_FLAG)]
+    if data_dirs and data_dirs[-1] != args.data[1]:
+      fail(f'--data mounts at {args.data[1]} but the run is given {DATA_DIR_FLAG}{data_dirs[-1]}; drop one')
+    if not data_dirs:
+      args.main_flags = [*args.main_flags, DATA_DIR_FLAG + args.data[1]]
+  check_data_dir(args.main_flags)
+  if args.img_per_s_per_chip is not None and not args.img_per_s_per_chip > 0:
+    fail(f'--img_per_s_per_chip must be positive, got {args.img_per_s_per_chip}')
+  if args.max_mount_failures < 1:
+    fail(f'--max_mount_failures must be at least 1, got {args.max_mount_failures}')
   for name in slice_names(args).values():
     if not SLICE_NAME.fullmatch(name):
       fail(f'bad slice name {name!r}: lowercase letters, digits and hyphens, at most 63, starting with a letter')
+
+
+def parse_data(value: str) -> tuple[str, str]:
+  """(gs://BUCKET/DIR, /LOCAL/DIR) from --data."""
+  remote, _, local = value.rpartition(':')
+  if not re.fullmatch(r'gs://[^/\s]+(/.*)?', remote) or not local.startswith('/'):
+    fail(f'bad --data {value!r}; expected gs://BUCKET[/DIR]:/LOCAL/DIR, e.g. '
+         'gs://BUCKET/tensorflow_datasets:/data/tensorflow_datasets')
+  return remote.rstrip('/'), local.rstrip('/') or '/'
 
 
 def slice_names(args: argparse.Namespace) -> dict[str | None, str]:
@@ -169,6 +219,24 @@ def setup_command(args: argparse.Namespace) -> str:
           f' {shlex.quote(jax_tpu_requirement())}')
 
 
+def mount_command(args: argparse.Namespace) -> str:
+  """Install gcsfuse and mount the --data bucket read-only, unless mounted already (a rerun on a live slice).
+
+  Mounted rather than copied: the ArrayRecord build of ImageNet (~150 GB) is larger than a TPU VM's boot disk
+  and a copy would be repeated on every worker after every recreation; gcsfuse reads only the records a run asks for.
+  """
+  remote, local = args.data
+  bucket, _, folder = remote.removeprefix('gs://').partition('/')
+  only_dir = [f'--only-dir={folder}'] if folder else []
+  mount = shlex.join(['gcsfuse', '-o', 'ro', '--implicit-dirs', *only_dir, bucket, local])
+  where = shlex.quote(local)
+  failed = shlex.quote(f'error: could not mount {remote} read-only at {local} on ')
+  # The listing fails on an empty mount too: a wrong folder would otherwise show only when the run reads it.
+  return (f'{{ {INSTALL_GCSFUSE} && {{ mountpoint -q {where} || {{ sudo mkdir -p {where}'
+          f' && sudo chown "$(id -u):$(id -g)" {where} && {mount}; }}; }} && ls -d {where}/* >/dev/null; }}'
+          f' || {{ echo {failed}"$(hostname)" >&2; exit 1; }}')
+
+
 def run_command(args: argparse.Namespace, point: str | None) -> str:
   flags = args.main_flags + ([f'--config.sweep.only={point}'] if point else [])
   python_args = shlex.join(main_args(args.config, args.workdir, flags))
@@ -193,25 +261,40 @@ def make_slice(args: argparse.Namespace, name: str) -> Slice:
   return Slice(name, args.zone, args.project, args.accelerator_type, args.runtime_version, args.spot, args.queued)
 
 
+def deploy_steps(tpu: Slice, args: argparse.Namespace) -> list[list[str]]:
+  """What runs on a ready slice before the training command: ship the code, install, mount the data."""
+  steps = [] if args.repo else [tpu.copy(local_archive(args), ARCHIVE)]
+  steps.append(tpu.ssh(setup_command(args)))
+  return steps + ([tpu.ssh(mount_command(args))] if args.data else [])
+
+
 def print_plan(args: argparse.Namespace) -> None:
+  print_cost(args.config, args.main_flags, args.points, args.img_per_s_per_chip)
   if not args.repo:
     print(shlex.join(archive_command(args)))
   for point, name in slice_names(args).items():
     tpu = make_slice(args, name)
     print(f'# slice {name}: {"sweep point " + point if point else "the whole sweep"}')
     print(shlex.join(tpu.describe()))
-    print(shlex.join(tpu.create()))
-    if args.queued:
-      print(f'# polled until {tpu.ready_states[0]}')
-      print(shlex.join(tpu.describe()))
-    if not args.repo:
-      print(shlex.join(tpu.copy(local_archive(args), ARCHIVE)))
-    print(shlex.join(tpu.ssh(setup_command(args))))
-    print(shlex.join(tpu.ssh(run_command(args, point))))
+    print_attempt(tpu, args, point)
     if args.watch:
-      print(f'# --watch: if the run stops early and describe shows {"/".join(tpu.dead_states)} or no slice:')
+      print(f'# --watch: if the run stops early and describe shows {"/".join(tpu.dead_states)} or no slice, the'
+            ' slice is recreated and the run resumes from the checkpoints in the workdir:')
       print(shlex.join(tpu.delete()))
-      print('# then the commands from create on again; the run resumes from the checkpoints in the workdir')
+      print_attempt(tpu, args, point)
+      if args.data:
+        print(f'# --watch: a failed mount ends the attempt and is retried the same way, at most '
+              f'{args.max_mount_failures} attempts in all')
+
+
+def print_attempt(tpu: Slice, args: argparse.Namespace, point: str | None) -> None:
+  """From create to the training command."""
+  print(shlex.join(tpu.create()))
+  if args.queued:
+    print(f'# polled until {tpu.ready_states[0]}')
+    print(shlex.join(tpu.describe()))
+  for step in [*deploy_steps(tpu, args), tpu.ssh(run_command(args, point))]:
+    print(shlex.join(step))
 
 
 def call(tpu: Slice, command: list[str]) -> int:
@@ -243,21 +326,34 @@ def bring_up(tpu: Slice, args: argparse.Namespace) -> bool:
 
 
 def deploy(tpu: Slice, args: argparse.Namespace) -> int:
-  """Put the code and the venv on every worker (again after a recreation). Returns the first failing exit code."""
-  steps = [] if args.repo else [tpu.copy(local_archive(args), ARCHIVE)]
-  for step in [*steps, tpu.ssh(setup_command(args))]:
+  """Put the code, the venv and the data on every worker (again after a recreation). Returns the first failing
+  exit code; MOUNT_FAILED where only the mount failed."""
+  steps = deploy_steps(tpu, args)
+  for step in steps:
     if code := call(tpu, step):
+      if args.data and step is steps[-1]:
+        log(tpu, f'mounting {args.data[0]} at {args.data[1]} failed (exit code {code})')
+        return MOUNT_FAILED
       return code
   return 0
 
 
 def supervise(tpu: Slice, args: argparse.Namespace, point: str | None) -> int:
   """Run the job on one slice to completion; with --watch survive preemptions. Returns the exit code."""
+  mount_failures = 0
   for attempt in range(1, args.max_attempts + 1):
     log(tpu, f'attempt {attempt}')
     if not bring_up(tpu, args):
       return 1
-    code = deploy(tpu, args) or call(tpu, tpu.ssh(run_command(args, point)))
+    code = deploy(tpu, args)
+    if code == MOUNT_FAILED:
+      mount_failures += 1
+      if not args.watch or mount_failures >= args.max_mount_failures:
+        log(tpu, f'the data could not be mounted ({mount_failures} failed attempts); giving up')
+        return 1
+      time.sleep(args.poll_seconds)  # as after a preemption: bring_up recreates the slice if it is gone
+      continue
+    code = code or call(tpu, tpu.ssh(run_command(args, point)))
     if code == 0:
       log(tpu, 'done')
       return 0

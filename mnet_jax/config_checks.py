@@ -98,6 +98,18 @@ def check(config: Any, overrides: Collection[str] = ()) -> None:
                               ('data.eval_preprocess', 'data.eval_preprocess', EVAL_PREPROCESSING)):
     if (value := _field(config, path)) is not _MISSING and value not in choices:
       raise ValueError(unknown(what, value, choices))
+  check_remote_random_access(config)
+
+
+def check_remote_random_access(config: Any) -> None:
+  """Refuse a remote `data.data_dir` (gs://, s3://, ...) read by index: ArrayRecord has no remote reader
+  (riegeli cannot open gs://, google/array_record#120), so the run would fail only after its imports."""
+  data_dir, cache, name = (_field(config, f'data.{key}') for key in ('data_dir', 'cache', 'name'))
+  if not isinstance(data_dir, str) or '://' not in data_dir or cache is not False or name == 'folder':
+    return
+  raise ValueError(f'data.data_dir={data_dir} is remote, but data.cache=False reads ArrayRecord files by index, '
+                   'which cannot be read remotely; mount the bucket at a local path with gcsfuse (launch/tpu_pod.py '
+                   f'--data={data_dir}:/data/tensorflow_datasets does) and pass that path, or set data.cache=True')
 
 
 def check_sweep_overrides(overrides: Collection[str]) -> None:
