@@ -119,6 +119,28 @@ input_pipeline.train_batches = _signalling
 '''
 
 
+def restores_failing(times: int, error: str, backoff_s: float = 0.05, process: int | None = None) -> str:
+  """Makes the first `times` Orbax checkpoint restores of this process (of process `process` only, if given) raise
+  `error` (a Python expression such as "TimeoutError('read timed out')"; `errno` is imported) before reading
+  anything, prints 'restore failed: N' at each, and shortens the retry waits to `backoff_s` so the test runs in
+  seconds."""
+  return f'''
+import errno
+import jax
+import orbax.checkpoint as ocp
+from mnet_jax import checkpointing
+checkpointing.RESTORE_BACKOFF_S = {backoff_s!r}
+_restore, _failed = ocp.Checkpointer.restore, []
+def _failing_restore(self, *args, **kwargs):
+  if len(_failed) < {times} and {process!r} in (None, jax.process_index()):
+    _failed.append(1)
+    print(f'restore failed: {{len(_failed)}}', flush=True)
+    raise {error}
+  return _restore(self, *args, **kwargs)
+ocp.Checkpointer.restore = _failing_restore
+'''
+
+
 def without_jax_or_tensorflow(env: dict, directory, repo) -> dict:
   """`env` with `jax` and `tensorflow` packages that fail on import first on the path: a run that still reports its
   mistake found it before importing either."""
