@@ -238,6 +238,40 @@ def test_two_processes_killed_and_rerun_match_one_process(device_reference, tmp_
   assert written <= {(), ('.write_test.1',), ('checkpoints',)}, written
 
 
+# A run checkpointed by 2 processes resumes in 1, and one checkpointed by 1 in 2: the step it restores and the data it
+# reads next are those of the uninterrupted one-process run.
+def two_processes(workdir, overrides, *process_hooks) -> list[list[str]]:
+  port = _free_port()
+  return [hooked(main_command(workdir, overrides, f'--coordinator_address=localhost:{port}', '--num_processes=2',
+                              f'--process_id={i}'), *process_hooks[i]) for i in range(2)]
+
+
+def test_two_processes_killed_resume_in_one_process(device_reference, tmp_path):
+  ref_workdir, overrides = device_reference
+  workdir, held = tmp_path / 'run', tmp_path / 'held'
+  killed_when_held(two_processes(workdir, overrides, [hooks.held(f'after:{workdir / "checkpoints" / "4"}', held)],
+                                  []), subprocess_env(2, True), held)
+  resumed = subprocess.run(main_command(workdir, overrides), env=subprocess_env(4, True), capture_output=True,
+                           text=True, timeout=400)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert '4 device(s), 1 process(es)' in resumed.stdout and 'resumed from checkpoint at step 4' in resumed.stdout
+  assert_same_steps(workdir, ref_workdir)
+
+
+def test_one_process_killed_resumes_intwo_processes(device_reference, tmp_path):
+  ref_workdir, overrides = device_reference
+  workdir, held = tmp_path / 'run', tmp_path / 'held'
+  killed_when_held([hooked(main_command(workdir, overrides),
+                           hooks.held(f'after:{workdir / "checkpoints" / "4"}', held))], subprocess_env(4, True), held)
+  processes = [subprocess.Popen(command, env=subprocess_env(2, True), stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+               for command in two_processes(workdir, overrides, [], [])]
+  outputs = [p.communicate(timeout=400)[0] for p in processes]
+  assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+  assert '4 device(s), 2 process(es)' in outputs[0] and 'resumed from checkpoint at step 4' in outputs[0]
+  assert_same_steps(workdir, ref_workdir)
+
+
 def test_small_model_learns_shapes_and_textures(tiny_data_dir, cache_dir, tmp_path):
   # The tiny dataset's 16 classes are 4 shapes x 4 textures: a model that sees only the shapes (say, a resize or
   # normalisation bug that blurs the textures away), or only the textures, tops out at 25%. The bar is twice that.
