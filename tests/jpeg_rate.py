@@ -3,7 +3,7 @@ on 320 ImageNet-sized JPEGs that TFDS's real imagenet2012 builder prepared, and 
 encoded examples by index, no decoding):
 
   python tests/jpeg_rate.py [BUILD_DIR]
-  python tests/jpeg_rate.py [BUILD_DIR] --batched_read   # the reader against one batched read per chunk, 3 rounds
+  python tests/jpeg_rate.py [BUILD_DIR] --batched_read   # the reader against one read per record, 3 rounds
 """
 
 import io
@@ -49,16 +49,16 @@ def reader_rate(data, reads: int = 30_000) -> float:
   return count / (time.perf_counter() - start)
 
 
-def batched_random_access(builder, data, split):
-  """`dataset_access.random_access` reading each chunk with one `__getitems__` call of the ArrayRecord source
-  (which splits the keys per file and reads them on a thread pool) instead of one record per call."""
+def per_record_random_access(builder, data, split):
+  """`dataset_access.random_access` reading each record of a chunk with its own `records[i]` instead of one
+  batched `__getitems__` read (which splits the keys per file and reads them on a thread pool)."""
   import tensorflow as tf
 
   records = builder.as_data_source(split=split, decoders=dataset_access._SKIP_DECODING).data_source  # noqa: SLF001
   features = {'image': tf.io.FixedLenFeature([], tf.string), 'label': tf.io.FixedLenFeature([], tf.int64)}
 
   def read(indices: np.ndarray) -> np.ndarray:
-    return np.array(records.__getitems__([int(i) for i in indices]), dtype=object)
+    return np.array([records[int(i)] for i in indices], dtype=object)
 
   def fetch(indices):
     serialized = tf.ensure_shape(tf.numpy_function(read, [indices], tf.string, stateful=False), indices.shape)
@@ -69,15 +69,15 @@ def batched_random_access(builder, data, split):
 
 
 def compare_batched_read(data, rounds: int = 3) -> None:
-  """The reader as it is against `batched_random_access`, interleaved (A, B, A, B, ...): examples/s."""
-  ways = {'one record per call (the reader)': dataset_access.random_access,
-          'one __getitems__ per chunk': batched_random_access}
+  """The reader as it is against `per_record_random_access`, interleaved (A, B, A, B, ...): examples/s."""
+  ways = {'one __getitems__ per chunk (the reader)': dataset_access.random_access,
+          'one records[i] per record': per_record_random_access}
   rates = {name: [] for name in ways}
   for _ in range(rounds):
     for name, way in ways.items():
       dataset_access.random_access = way
       rates[name].append(reader_rate(data))
-  dataset_access.random_access = ways['one record per call (the reader)']
+  dataset_access.random_access = ways['one __getitems__ per chunk (the reader)']
   for name, values in rates.items():
     print(f'{name}: median {sorted(values)[len(values) // 2]:,.0f} examples/s '
           f'(rounds: {", ".join(f"{v:,.0f}" for v in values)})')
