@@ -8,27 +8,11 @@ from fractions import Fraction
 
 import jax
 import numpy as np
+from test_evaluation import evaluate_unfolded
 from test_train import DEFAULT_CONFIG, REPO, checkpoint_state, main_command, make_config, subprocess_env, tiny_overrides
 
-from mnet_jax import input_pipeline, models, train
+from mnet_jax import models
 from mnet_jax.config_util import sibling
-
-
-def evaluate_unfolded(config, params, batch_stats) -> tuple[float, float]:
-  """(top-1, mean cross-entropy) of the unfolded network on the eval split, the log-softmax in float64 numpy."""
-  info = input_pipeline.dataset_info(config.data)
-  model = train.create_model(config.model, info.num_classes)
-  apply = jax.jit(lambda images: model.apply({'params': params, 'batch_stats': batch_stats}, images, train=False))
-  losses, hits = [], []
-  for batch in input_pipeline.eval_batches(config.data, global_batch_size=config.batch_size,
-                                           resolution=config.model.resolution, process_index=0, process_count=1):
-    logits = np.asarray(apply(batch['image']), np.float64)
-    keep = batch['mask'] > 0
-    log_softmax = logits - logits.max(-1, keepdims=True)
-    log_softmax -= np.log(np.exp(log_softmax).sum(-1, keepdims=True))
-    losses += list(-log_softmax[np.arange(len(logits)), batch['label']][keep])
-    hits += list((logits.argmax(-1) == batch['label'])[keep])
-  return float(np.mean(hits)), float(np.mean(losses))
 
 
 def test_evaluation_uses_the_ema_weights_and_the_ema_batchnorm_statistics(tiny_data_dir, cache_dir, tmp_path):
@@ -38,13 +22,13 @@ def test_evaluation_uses_the_ema_weights_and_the_ema_batchnorm_statistics(tiny_d
   state = checkpoint_state(tmp_path)
   results = json.loads((tmp_path / 'results.json').read_text())
   assert results['steps'] == int(state['step'])
-  ema_top1, ema_loss = evaluate_unfolded(config, state['ema_params'], state['ema_batch_stats'])
+  ema_top1, ema_loss, _ = evaluate_unfolded(config, state['ema_params'], state['ema_batch_stats'])
   assert abs(results['eval_loss'] - ema_loss) < 1e-4  # float32 sums against float64
   assert abs(results['top1'] - ema_top1) <= 1 / results['eval_examples']  # folded weights may flip one near-tie
   # The test can fail: raw weights, raw statistics, or either mixed with the EMA's give another loss.
   for params, batch_stats in (('params', 'batch_stats'), ('ema_params', 'batch_stats'),
                               ('params', 'ema_batch_stats')):
-    _, loss = evaluate_unfolded(config, state[params], state[batch_stats])
+    _, loss, _ = evaluate_unfolded(config, state[params], state[batch_stats])
     assert abs(loss - ema_loss) > 1e-3, (params, batch_stats, loss, ema_loss)  # measured: 0.04 and more
 
 

@@ -8,7 +8,7 @@ import subprocess
 import hooks
 import pytest
 from test_reliability import checkpoint_steps
-from test_train import _free_port, assert_identical_params, main_command, subprocess_env, tiny_overrides
+from test_train import assert_identical_params, main_command, subprocess_env, tiny_overrides, two_processes
 
 from mnet_jax import checkpointing
 
@@ -51,7 +51,7 @@ def test_damaged_content_is_not_transient(error):
   assert not checkpointing.is_transient(error)
 
 
-def _copied_reference(reference_run, tmp_path):
+def _copied_run(reference_run, tmp_path):
   ref_workdir, overrides = reference_run
   workdir = tmp_path / 'run'
   shutil.copytree(ref_workdir, workdir)
@@ -60,7 +60,7 @@ def _copied_reference(reference_run, tmp_path):
 
 
 def test_a_passing_read_error_is_retried_and_the_run_resumes_from_the_newest_checkpoint(reference_run, tmp_path):
-  workdir, overrides = _copied_reference(reference_run, tmp_path)
+  workdir, overrides = _copied_run(reference_run, tmp_path)
   steps = checkpoint_steps(workdir)
   command = hooks.hooked(main_command(workdir, overrides),
                          hooks.restores_failing(2, "OSError(errno.ETIMEDOUT, 'Connection timed out')"))
@@ -78,7 +78,7 @@ def test_a_passing_read_error_is_retried_and_the_run_resumes_from_the_newest_che
     "ValueError('UNAVAILABLE: Error reading \"gs://b/c/8/d/0\": HTTP response code: 503')",
 ])
 def test_a_read_error_that_persists_ends_the_run_in_one_line_and_moves_nothing(reference_run, tmp_path, error):
-  workdir, overrides = _copied_reference(reference_run, tmp_path)
+  workdir, overrides = _copied_run(reference_run, tmp_path)
   steps = checkpoint_steps(workdir)
   command = hooks.hooked(main_command(workdir, overrides), hooks.restores_failing(1000, error))
   result = subprocess.run(command, env=subprocess_env(), capture_output=True, text=True, timeout=300)
@@ -102,10 +102,7 @@ def two_process_run(tiny_data_dir, cache_dir, tmp_path_factory):
 
 
 def _two_processes(workdir, overrides, hooks_0: list[str], hooks_1: list[str]) -> list[subprocess.CompletedProcess]:
-  port = _free_port()
-  commands = [hooks.hooked(main_command(workdir, overrides, f'--coordinator_address=localhost:{port}',
-                                        '--num_processes=2', f'--process_id={i}'), *process_hooks)
-              for i, process_hooks in enumerate([hooks_0, hooks_1])]
+  commands = two_processes(workdir, overrides, hooks_0, hooks_1)
   processes = [subprocess.Popen(c, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
                for c in commands]
   try:
@@ -117,16 +114,8 @@ def _two_processes(workdir, overrides, hooks_0: list[str], hooks_1: list[str]) -
   return [subprocess.CompletedProcess(c, p.returncode, o) for c, p, o in zip(commands, processes, outputs, strict=True)]
 
 
-def _copied_two_process_run(two_process_run, tmp_path):
-  ref_workdir, overrides = two_process_run
-  workdir = tmp_path / 'run'
-  shutil.copytree(ref_workdir, workdir)
-  (workdir / 'results.json').unlink()
-  return workdir, overrides
-
-
 def test_a_read_error_on_one_process_alone_stops_both_and_moves_nothing(two_process_run, tmp_path):
-  workdir, overrides = _copied_two_process_run(two_process_run, tmp_path)
+  workdir, overrides = _copied_run(two_process_run, tmp_path)
   steps = checkpoint_steps(workdir)
   results = _two_processes(workdir, overrides, [], [hooks.restores_failing(1000, "TimeoutError('read timed out')",
                                                                            process=1)])
@@ -142,7 +131,7 @@ def test_a_read_error_on_one_process_alone_stops_both_and_moves_nothing(two_proc
 
 
 def test_a_checkpoint_damaged_for_one_process_alone_sends_both_to_the_same_older_step(two_process_run, tmp_path):
-  workdir, overrides = _copied_two_process_run(two_process_run, tmp_path)
+  workdir, overrides = _copied_run(two_process_run, tmp_path)
   previous, newest = checkpoint_steps(workdir)[-2:]
   results = _two_processes(workdir, overrides, [], [hooks.restores_failing(1, "ValueError('DATA_LOSS: injected')",
                                                                            process=1)])

@@ -208,6 +208,13 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+def two_processes(workdir, overrides, *process_hooks) -> list[list[str]]:
+  """The command lines of processes 0 and 1 of one run (a fresh coordinator port), each with its hooks."""
+  port = _free_port()
+  return [hooked(main_command(workdir, overrides, f'--coordinator_address=localhost:{port}', '--num_processes=2',
+                              f'--process_id={i}'), *process_hooks[i]) for i in range(2)]
+
+
 def test_two_processes_killed_and_rerun_match_one_process(device_reference, tmp_path):
   """2 processes x 2 devices, both killed once checkpoint 4 is committed, then rerun: the same 12 steps as one
   process. Only process 0 writes the run's files; the rerun checks for preemption at log and checkpoint steps
@@ -215,16 +222,12 @@ def test_two_processes_killed_and_rerun_match_one_process(device_reference, tmp_
   ref_workdir, overrides = device_reference
   workdir, writes_log, env = tmp_path / 'run', tmp_path / 'process_1_writes.txt', subprocess_env(2, True)
 
-  def commands(*process_hooks) -> list[list[str]]:
-    port = _free_port()
-    return [hooked(main_command(workdir, overrides, f'--coordinator_address=localhost:{port}', '--num_processes=2',
-                                f'--process_id={i}'), *process_hooks[i]) for i in range(2)]
-
   held = tmp_path / 'held'
-  killed_when_held(commands([hooks.held(f'after:{workdir / "checkpoints" / "4"}', held)],
-                            [hooks.writes_logged(writes_log)]), env, held)
+  killed_when_held(two_processes(workdir, overrides, [hooks.held(f'after:{workdir / "checkpoints" / "4"}', held)],
+                                 [hooks.writes_logged(writes_log)]), env, held)
   processes = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-               for command in commands([hooks.allgathers_counted()], [hooks.writes_logged(writes_log)])]
+               for command in two_processes(workdir, overrides, [hooks.allgathers_counted()],
+                                            [hooks.writes_logged(writes_log)])]
   outputs = [p.communicate(timeout=400)[0] for p in processes]
   assert [p.returncode for p in processes] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   assert '4 device(s), 2 process(es)' in outputs[0] and 'resumed from checkpoint at step 4' in outputs[0]
@@ -240,12 +243,6 @@ def test_two_processes_killed_and_rerun_match_one_process(device_reference, tmp_
 
 # A run checkpointed by 2 processes resumes in 1, and one checkpointed by 1 in 2: the step it restores and the data it
 # reads next are those of the uninterrupted one-process run.
-def two_processes(workdir, overrides, *process_hooks) -> list[list[str]]:
-  port = _free_port()
-  return [hooked(main_command(workdir, overrides, f'--coordinator_address=localhost:{port}', '--num_processes=2',
-                              f'--process_id={i}'), *process_hooks[i]) for i in range(2)]
-
-
 def test_two_processes_killed_resume_in_one_process(device_reference, tmp_path):
   ref_workdir, overrides = device_reference
   workdir, held = tmp_path / 'run', tmp_path / 'held'
